@@ -1,0 +1,408 @@
+"""The bubblewrap sandbox that the local backend puts around a pod's worker.
+
+The runner (the trusted supervisor) starts its worker -- the process that runs
+user code -- as ``prefix + [python, "-m", worker_module]``. :class:`Sandbox`
+builds that ``prefix``: an optional pids-cgroup join, ``prlimit`` for the
+rlimits, then ``bwrap`` with every namespace unshared and a minimal read-only
+view of the system. See ``docs/sandbox.md`` for the full isolation model and
+what holds when the gateway runs as root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+MIB = 1024**2
+
+#: Where the workspace appears inside the sandbox (the worker's cwd and HOME).
+SANDBOX_WORKSPACE = "/work"
+#: Where source folders of editable installs (e.g. ``kcr_runner``) appear.
+SANDBOX_SRC = "/opt/kcr/src"
+
+# System folders bound read-only when they are real directories on the host,
+# or re-created as the same symlink when they are symlinks (merged-/usr hosts).
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+# The only pieces of the host's /etc the worker sees: dynamic linker config,
+# time zone, TLS roots, the alternatives symlinks under /usr/bin, fonts (for
+# matplotlib) and MIME types. Never passwd/shadow/hostname/resolv.conf: the
+# sandbox gets its own passwd, group and hosts (see Sandbox.etc_dir).
+_ETC_ALLOWLIST = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "fonts",
+    "mime.types",
+    "nsswitch.conf",
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Sandboxed pods cannot be started on this host.
+
+    The message is one line that names what is missing and the two ways out:
+    install bubblewrap, or explicitly allow unsandboxed pods.
+    """
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits for one sandboxed worker. ``None`` means "no limit".
+
+    * ``address_space`` -- RLIMIT_AS in bytes: large allocations raise
+      ``MemoryError`` in Python.
+    * ``processes`` -- a cap on the number of tasks (processes + threads) the
+      worker can have. Enforced by a per-pod pids cgroup when the host lets the
+      gateway create one, and by RLIMIT_NPROC otherwise (which the kernel does
+      NOT enforce when the gateway runs as root; see docs/sandbox.md).
+    * ``cpu_seconds`` -- RLIMIT_CPU: the worker is killed (SIGKILL after
+      SIGXCPU) after this much CPU time over its whole life. Off by default:
+      a kernel is long-lived.
+    * ``file_size`` -- RLIMIT_FSIZE in bytes: a larger write fails (EFBIG).
+    * ``open_files`` -- RLIMIT_NOFILE.
+    * ``tmp_size`` -- size of the private /tmp tmpfs in bytes.
+    """
+
+    address_space: int | None = 4 * GIB
+    processes: int | None = 256
+    cpu_seconds: int | None = None
+    file_size: int | None = 1 * GIB
+    open_files: int | None = 1024
+    tmp_size: int | None = 256 * MIB
+
+    def prlimit_args(self) -> list[str]:
+        """``prlimit`` options for these limits (soft = hard)."""
+        pairs = (
+            ("--as", self.address_space),
+            ("--nproc", self.processes),
+            ("--cpu", self.cpu_seconds),
+            ("--fsize", self.file_size),
+            ("--nofile", self.open_files),
+        )
+        return [f"{opt}={value}" for opt, value in pairs if value is not None]
+
+
+def _module_dir(module: str) -> Path | None:
+    """The folder that holds package ``module`` (e.g. the parent of ``kcr_runner/``)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return None
+    origin = Path(spec.origin).resolve()
+    package = origin.parent if origin.name == "__init__.py" else origin
+    return package
+
+
+def _is_within(path: Path, parents: list[Path]) -> bool:
+    return any(path == p or p in path.parents for p in parents)
+
+
+class Sandbox:
+    """Builds the launch prefix that sandboxes a pod's worker with bubblewrap.
+
+    ``Sandbox(state_dir)`` writes the sandbox's own ``/etc/passwd``,
+    ``/etc/group`` and ``/etc/hosts`` under ``state_dir/etc`` once. Then
+    :meth:`prefix` returns, for one workspace, the argv prefix the runner puts
+    in front of ``[python, "-m", worker]``. The worker sees:
+
+    * uid/gid ``uid``/``gid`` (user ``kcr``), own user, network (loopback
+      only), PID, IPC, UTS, cgroup and mount namespaces, no further user
+      namespaces;
+    * read-only: the host's system folders (``/usr`` and the ``/bin``,
+      ``/lib*`` links), an allow-list of ``/etc`` entries, the Python
+      installation (``sys.base_prefix``), the virtualenv (``sys.prefix``) and
+      the package folders of ``modules`` that live outside both (editable
+      installs), the latter under ``/opt/kcr/src`` on ``PYTHONPATH``;
+    * read-write: the workspace at ``/work`` (cwd and ``HOME``) and a private
+      tmpfs ``/tmp``; fresh ``/proc`` and ``/dev``.
+
+    Nothing else: no home directory, no host ``/tmp``, no gateway data, no
+    other workspace. :meth:`check` verifies that bubblewrap exists and can
+    create the namespaces, raising :class:`SandboxUnavailable` otherwise.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        limits: SandboxLimits | None = None,
+        bwrap: str = "bwrap",
+        prlimit: str = "prlimit",
+        uid: int = 1000,
+        gid: int = 1000,
+        modules: tuple[str, ...] = ("kcr_runner",),
+        python_dirs: tuple[str, ...] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.limits = limits or SandboxLimits()
+        self.bwrap = bwrap
+        self.prlimit = prlimit
+        self.uid = uid
+        self.gid = gid
+        self.modules = modules
+        self.python_dirs = python_dirs
+        self.etc_dir = self.state_dir / "etc"
+        self._ro_binds: list[tuple[str, str]] | None = None
+
+    # -- prerequisites -------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`SandboxUnavailable` unless bwrap can build a sandbox here.
+
+        Blocking (runs ``bwrap`` once); call it through ``asyncio.to_thread``.
+        """
+        way_out = (
+            "install it (apt-get install bubblewrap) or start the gateway with "
+            "--KCRGateway.allow_unsandboxed=True to run pods WITHOUT a sandbox"
+        )
+        bwrap = shutil.which(self.bwrap)
+        if bwrap is None:
+            raise SandboxUnavailable(
+                f"bubblewrap ({self.bwrap!r}) not found, so kernels cannot be sandboxed: {way_out}"
+            )
+        prlimit = shutil.which(self.prlimit)
+        if prlimit is None:
+            raise SandboxUnavailable(
+                f"prlimit ({self.prlimit!r}, from util-linux) not found, so sandbox limits "
+                "cannot be applied: install util-linux or start the gateway with "
+                "--KCRGateway.allow_unsandboxed=True to run pods WITHOUT a sandbox"
+            )
+        probe = [*self._bwrap_core(), "--", "/bin/true" if Path("/bin/true").exists() else "true"]
+        try:
+            result = subprocess.run(probe, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SandboxUnavailable(f"bubblewrap ({bwrap}) cannot run: {e}; {way_out}")
+        if result.returncode != 0:
+            why = (result.stderr.strip().splitlines() or ["no error message"])[-1]
+            raise SandboxUnavailable(
+                f"bubblewrap ({bwrap}) cannot create the sandbox namespaces ({why}); "
+                "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 "
+                f"/ user.max_user_namespaces) or {way_out}"
+            )
+
+    # -- the view of the system ---------------------------------------------
+
+    def write_etc(self) -> None:
+        """Write the sandbox's own passwd, group and hosts (idempotent)."""
+        self.etc_dir.mkdir(parents=True, exist_ok=True)
+        files = {
+            "passwd": (
+                "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+                f"kcr:x:{self.uid}:{self.gid}:kcr kernel:{SANDBOX_WORKSPACE}:/bin/sh\n"
+                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            ),
+            "group": f"root:x:0:\nkcr:x:{self.gid}:\nnogroup:x:65534:\n",
+            "hosts": "127.0.0.1 localhost kcr-pod\n::1 localhost ip6-localhost ip6-loopback\n",
+        }
+        for name, text in files.items():
+            path = self.etc_dir / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+                path.chmod(0o644)
+
+    def python_paths(self) -> list[Path]:
+        """The Python installation and virtualenv folders bound read-only."""
+        if self.python_dirs is not None:
+            return [Path(p) for p in self.python_dirs]
+        paths: list[Path] = []
+        for p in (sys.base_prefix, sys.prefix):
+            path = Path(p).resolve()
+            if not _is_within(path, paths):
+                paths.append(path)
+        # An interpreter outside both prefixes: bind its installation root (bin/..).
+        interpreter_root = Path(os.path.realpath(sys.executable)).parent.parent
+        if not _is_within(interpreter_root, paths):
+            paths.append(interpreter_root)
+        return paths
+
+    def source_binds(self, bound: list[Path]) -> list[tuple[str, str]]:
+        """(host, sandbox) binds for packages in ``modules`` found outside ``bound``."""
+        binds = []
+        for module in self.modules:
+            package = _module_dir(module)
+            if package is None or _is_within(package, bound):
+                continue
+            binds.append((str(package), f"{SANDBOX_SRC}/{package.name}"))
+        return binds
+
+    def read_only_binds(self) -> list[tuple[str, str]]:
+        """Every (host path, sandbox path) pair bound read-only (computed once)."""
+        if self._ro_binds is None:
+            python = self.python_paths()
+            binds = [(str(p), str(p)) for p in python]
+            binds += self.source_binds([*python, Path("/usr")])
+            self._ro_binds = binds
+        return self._ro_binds
+
+    # -- the prefix ------------------------------------------------------------
+
+    def _bwrap_core(self) -> list[str]:
+        """Namespace and identity options shared by the probe and real prefixes."""
+        args = [
+            self.bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--uid",
+            str(self.uid),
+            "--gid",
+            str(self.gid),
+            "--hostname",
+            "kcr-pod",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                args += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                args += ["--ro-bind", d, d]
+        return args
+
+    def prefix(self, workspace: Path, *, pids_cgroup: Path | None = None) -> list[str]:
+        """The argv prefix that runs a command sandboxed in ``workspace``.
+
+        ``pids_cgroup``: a cgroup folder (with ``pids.max`` set) the worker
+        joins before anything else runs; see :class:`PidsCgroup`.
+        """
+        self.write_etc()
+        workspace = Path(workspace).resolve()
+        ro = self.read_only_binds()
+        args: list[str] = []
+        if pids_cgroup is not None:
+            # The runner is trusted and unsandboxed: this host shell moves itself
+            # into the pod's pids cgroup, then execs prlimit -> bwrap -> worker.
+            args += [
+                "/bin/sh",
+                "-c",
+                'echo $$ > "$0/cgroup.procs" && exec "$@"',
+                str(pids_cgroup),
+            ]
+        limits = self.limits.prlimit_args()
+        if limits:
+            args += [self.prlimit, *limits, "--"]
+        args += self._bwrap_core()
+        tmpfs = ["--tmpfs", "/tmp"]
+        if self.limits.tmp_size is not None:
+            tmpfs = ["--size", str(self.limits.tmp_size), *tmpfs]
+        args += tmpfs
+        args += ["--dir", "/etc"]
+        for name in _ETC_ALLOWLIST:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        for name in ("passwd", "group", "hosts"):
+            args += ["--ro-bind", str(self.etc_dir / name), f"/etc/{name}"]
+        for src, dest in ro:
+            args += ["--ro-bind", src, dest]
+        pythonpath = [dest for _src, dest in ro if dest.startswith(SANDBOX_SRC + "/")]
+        args += ["--bind", str(workspace), SANDBOX_WORKSPACE, "--chdir", SANDBOX_WORKSPACE]
+        venv_bin = str(Path(sys.prefix) / "bin")
+        env = {
+            "HOME": SANDBOX_WORKSPACE,
+            "TMPDIR": "/tmp",
+            "USER": "kcr",
+            "LOGNAME": "kcr",
+            "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        }
+        if pythonpath:
+            env["PYTHONPATH"] = ":".join(sorted({str(Path(p).parent) for p in pythonpath}))
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        # The runner's token must never reach user code.
+        args += ["--unsetenv", "KCR_RUNNER_TOKEN", "--"]
+        return args
+
+
+class PidsCgroup:
+    """A per-pod pids cgroup: the process cap that holds even for a root gateway.
+
+    RLIMIT_NPROC is not enforced for processes whose host uid is root, and a
+    sandbox started by a root gateway maps its uid to host root. A pids
+    cgroup caps the number of tasks regardless. :meth:`create` returns
+    ``None`` when the host does not let the gateway create one (no pids
+    controller, read-only cgroupfs, undelegated cgroup v2); the caller then
+    relies on RLIMIT_NPROC only.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else self._find_root()
+
+    @staticmethod
+    def _find_root() -> Path | None:
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "pids" in controllers.split(","):
+                base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+                return base / "kcr" if base.is_dir() else None
+        for line in lines:
+            if line.startswith("0::"):
+                base = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+                try:
+                    if "pids" in (base / "cgroup.subtree_control").read_text().split():
+                        return base / "kcr"
+                except OSError:
+                    return None
+        return None
+
+    def create(self, name: str, max_tasks: int) -> Path | None:
+        """Create ``<root>/<name>`` with ``pids.max = max_tasks``; ``None`` if not possible."""
+        if self.root is None:
+            return None
+        path = self.root / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "pids.max").write_text(str(max_tasks))
+        except OSError as e:
+            log.debug("no pids cgroup at %s: %s", path, e)
+            self.remove(path)
+            return None
+        return path
+
+    @staticmethod
+    def kill_all(path: Path) -> int:
+        """SIGKILL every process left in the cgroup; returns how many were signalled."""
+        killed = 0
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except OSError:
+            return 0
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+                killed += 1
+            except (ProcessLookupError, ValueError):
+                pass
+        return killed
+
+    @staticmethod
+    def remove(path: Path) -> bool:
+        """Remove the (empty) cgroup folder; ``False`` while processes remain."""
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
