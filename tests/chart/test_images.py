@@ -141,10 +141,8 @@ def test_runner_image_installs_the_runner_and_the_scientific_stack():
     )
     assert "-r /tmp/requirements.txt" in runs
     assert "/wheels/*.whl" in runs  # kcr-runner itself, built from this repository
-    (entrypoint,) = [
-        a for kw, a in final_stage(IMAGES / "runner-python" / "Dockerfile") if kw == "ENTRYPOINT"
-    ]
-    command = json.loads(entrypoint)
-    assert command[0] == "kcr-runner"
+    steps = dict(final_stage(IMAGES / "runner-python" / "Dockerfile"))
+    assert json.loads(steps["ENTRYPOINT"]) == ["kcr-runner"]
+    command = json.loads(steps["CMD"])
     assert command[command.index("--port") + 1] == str(CHART_VALUES["runner"]["port"])
     assert command[command.index("--workspace") + 1] == "/workspace"
