@@ -16,6 +16,7 @@ Backends:
 from __future__ import annotations
 
 import abc
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -68,6 +69,8 @@ class PodBackend(abc.ABC):
       pod that is already gone.
     * :meth:`alive` is a cheap liveness check (no network round trip where the
       backend can avoid one).
+    * :meth:`healthy` asks the pod's runner (``GET /healthz``) whether it and
+      its worker are fine; ``False`` when it does not answer within ``timeout``.
     * :meth:`list` returns the pods this backend knows of, for reconciliation.
     * :meth:`close` releases the backend's own resources (not the pods).
 
@@ -83,7 +86,7 @@ class PodBackend(abc.ABC):
     async def create(self, language: str) -> Pod: ...
 
     @abc.abstractmethod
-    async def wait_ready(self, pod: Pod, timeout: float) -> Pod: ...
+    async def wait_ready(self, pod: Pod, timeout: float) -> Pod: ...  # noqa: ASYNC109
 
     async def claim(self, pod: Pod, kernel_id: str) -> bool:
         pod.kernel_id = kernel_id
@@ -94,6 +97,24 @@ class PodBackend(abc.ABC):
 
     @abc.abstractmethod
     async def alive(self, pod: Pod) -> bool: ...
+
+    async def healthy(self, pod: Pod, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """``True`` when the runner answers ``/healthz`` with ``status: ok``."""
+        if pod.url is None:
+            return False
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+        request = HTTPRequest(
+            f"{pod.url}/healthz",
+            headers={"Authorization": f"Bearer {pod.token}"},
+            connect_timeout=timeout,
+            request_timeout=timeout,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+            return json.loads(response.body).get("status") == "ok"
+        except (HTTPClientError, OSError, ValueError, TimeoutError):
+            return False
 
     @abc.abstractmethod
     async def list(self, language: str | None = None) -> list[Pod]: ...
