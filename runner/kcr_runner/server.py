@@ -1,0 +1,409 @@
+"""The runner's HTTP + WebSocket API (tornado). Language-neutral: it only speaks the worker
+protocol to a ``WorkerProcess``. The API is documented in ``runner/README.md``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tornado import web, websocket
+
+from .files import PathEscapes, PathRefused, Workspace
+from .languages import LanguageSpec
+from .worker_process import WorkerDied, WorkerProcess, reply_type
+from .worker_protocol import QUEUED_OPS
+
+log = logging.getLogger("kcr_runner.server")
+
+#: Ops a client may send on ``/channel`` that are queued for the worker.
+CHANNEL_OPS = QUEUED_OPS - {"snapshot", "restore"}
+
+
+@dataclass
+class RunnerState:
+    """Everything the handlers share: the worker, the workspace, the token and the limits."""
+
+    token: str
+    language: LanguageSpec
+    worker: WorkerProcess
+    workspace: Workspace
+    max_request_bytes: int
+    max_state_bytes: int
+    channels: set[ChannelHandler]
+
+    def broadcast(self, event: str, content: dict[str, Any]) -> None:
+        for channel in list(self.channels):
+            channel.send({"id": None, "event": event, "content": content})
+
+
+def _authorized(handler: web.RequestHandler, token: str) -> bool:
+    header = handler.request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
+
+
+class ApiHandler(web.RequestHandler):
+    """Base: bearer-token check and JSON errors ``{"reason": ..., "message": ...}``."""
+
+    state: RunnerState
+
+    def initialize(self, state: RunnerState) -> None:
+        self.state = state
+
+    def prepare(self) -> None:
+        if not _authorized(self, self.state.token):
+            self.fail(401, "unauthorized", "missing or wrong bearer token")
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # token-authenticated API, no cookies
+
+    def fail(self, status: int, reason: str, message: str) -> None:
+        self.clear()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"reason": reason, "message": message}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = str(exc) if exc is not None else self._reason
+        reason = "internal_error" if status_code >= 500 else "bad_request"
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"reason": reason, "message": message}))
+
+    def send_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    def worker_dead(self, exc: Exception) -> None:
+        self.fail(409, "kernel_dead", str(exc))
+
+
+@web.stream_request_body
+class BodyHandler(ApiHandler):
+    """Base for requests with a body: refuses bodies over ``body_limit()`` with 413."""
+
+    def body_limit(self) -> int:
+        return self.state.max_request_bytes
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self._finished:
+            return
+        self._body = bytearray()
+        self._too_large = False
+        limit = self.body_limit()
+        self.request.connection.set_max_body_size(limit + 1)
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.body_too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished or self._too_large:
+            return
+        self._body.extend(chunk)
+        if len(self._body) > self.body_limit():
+            self._too_large = True
+            self._body = bytearray()
+
+    def body_too_large(self) -> None:
+        self.fail(
+            413,
+            "request_too_large",
+            f"the request body is over the limit of {self.body_limit()} "
+            "bytes (--max-request-bytes / --max-state-bytes)",
+        )
+
+    def body_ok(self) -> bool:
+        if self._too_large:
+            self.body_too_large()
+            return False
+        return True
+
+
+class HealthHandler(ApiHandler):
+    def get(self) -> None:
+        worker = self.state.worker
+        self.send_json(
+            {
+                "status": "ok" if worker.alive else "dead",
+                "language": self.state.language.name,
+                "busy": worker.busy,
+                "worker": "alive" if worker.alive else "dead",
+                "detail": worker.detail,
+            }
+        )
+
+
+class KernelInfoHandler(ApiHandler):
+    def get(self) -> None:
+        self.send_json(self.state.language.kernel_info())
+
+
+class InterruptHandler(BodyHandler):
+    async def post(self) -> None:
+        await self.state.worker.interrupt("user")
+        self.set_status(204)
+        self.finish()
+
+
+class EnvHandler(BodyHandler):
+    async def post(self) -> None:
+        if not self.body_ok():
+            return
+        try:
+            env = json.loads(self._body or b"null")
+        except ValueError as exc:
+            return self.fail(400, "bad_json", f"the body is not JSON: {exc}")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            return self.fail(400, "bad_env", "the body must be a JSON object of string values")
+        try:
+            await self.state.worker.control("set_env", {"env": env})
+        except WorkerDied as exc:
+            return self.worker_dead(exc)
+        self.set_status(204)
+        self.finish()
+
+
+class SnapshotHandler(BodyHandler):
+    async def post(self) -> None:
+        worker = self.state.worker
+        try:
+            _, reply = await worker.request(worker.new_id(), "snapshot", {}, None)
+        except WorkerDied as exc:
+            return self.worker_dead(exc)
+        if reply.get("status") != "ok":
+            status = 413 if reply.get("reason") == "state_too_large" else 500
+            return self.fail(
+                status,
+                reply.get("reason", "snapshot_failed"),
+                reply.get("message") or reply.get("evalue", ""),
+            )
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("X-KCR-State-Errors", json.dumps(reply.get("skipped", [])))
+        self.set_header("X-KCR-State-Names", json.dumps(reply.get("names", [])))
+        self.finish(base64.b64decode(reply["blob"]))
+
+
+class RestoreHandler(BodyHandler):
+    def body_limit(self) -> int:
+        return self.state.max_state_bytes
+
+    async def post(self) -> None:
+        if not self.body_ok():
+            return
+        worker = self.state.worker
+        blob = base64.b64encode(bytes(self._body)).decode()
+        try:
+            _, reply = await worker.request(worker.new_id(), "restore", {"blob": blob}, None)
+        except WorkerDied as exc:
+            return self.worker_dead(exc)
+        if reply.get("status") != "ok":
+            status = 400 if reply.get("reason") == "bad_state" else 500
+            return self.fail(
+                status,
+                reply.get("reason", "restore_failed"),
+                reply.get("message") or reply.get("evalue", ""),
+            )
+        self.send_json({"restored": reply.get("restored", []), "errors": reply.get("errors", [])})
+
+
+class FilesListHandler(ApiHandler):
+    async def get(self) -> None:
+        files = await asyncio.to_thread(self.state.workspace.list)
+        self.send_json({"files": files})
+
+
+class FileHandler(BodyHandler):
+    """``GET|PUT|DELETE /files/{path}`` inside the workspace."""
+
+    async def _run(self, func, *args):
+        try:
+            return True, await asyncio.to_thread(func, *args)
+        except PathRefused as exc:
+            self.fail(400, "bad_path", str(exc))
+        except PathEscapes as exc:
+            self.fail(403, "path_escapes_workspace", str(exc))
+        except (FileNotFoundError, NotADirectoryError):
+            self.fail(404, "not_found", f"no such file in the workspace: {args[0]!r}")
+        except IsADirectoryError:
+            self.fail(400, "is_a_directory", f"{args[0]!r} is a directory")
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
+                self.fail(403, "path_escapes_workspace", f"{args[0]!r} is a symlink")
+            else:
+                self.fail(500, "io_error", f"{type(exc).__name__}: {exc}")
+        return False, None
+
+    async def get(self, path: str) -> None:
+        ok, data = await self._run(self.state.workspace.read, path)
+        if ok:
+            self.set_header("Content-Type", "application/octet-stream")
+            self.finish(data)
+
+    async def put(self, path: str) -> None:
+        if not self.body_ok():
+            return
+        ok, _ = await self._run(self.state.workspace.write, path, bytes(self._body))
+        if ok:
+            self.set_status(204)
+            self.finish()
+
+    async def delete(self, path: str) -> None:
+        ok, _ = await self._run(self.state.workspace.delete, path)
+        if ok:
+            self.set_status(204)
+            self.finish()
+
+
+class ChannelHandler(websocket.WebSocketHandler):
+    """``/channel``: JSON text frames multiplexed by request id (see runner/README.md)."""
+
+    def initialize(self, state: RunnerState) -> None:
+        self.state = state
+        self._executes: dict[Any, str] = {}
+
+    def prepare(self) -> None:
+        if not _authorized(self, self.state.token):
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"reason": "unauthorized", "message": "missing or wrong token"}))
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # authenticated by bearer token, not by cookies
+
+    def open(self) -> None:
+        self.state.channels.add(self)
+
+    def on_close(self) -> None:
+        self.state.channels.discard(self)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        try:
+            self.write_message(json.dumps(frame))
+        except websocket.WebSocketClosedError:
+            pass
+
+    def protocol_error(self, request_id: Any, reason: str, message: str) -> None:
+        content = {"reason": reason, "message": message}
+        self.send({"id": request_id, "event": "protocol_error", "content": content})
+
+    def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            return self.protocol_error(
+                None, "binary_frame", "binary frames are not supported; send JSON text frames"
+            )
+        try:
+            frame = json.loads(message)
+        except ValueError as exc:
+            return self.protocol_error(None, "bad_json", f"the frame is not valid JSON: {exc}")
+        if not isinstance(frame, dict):
+            return self.protocol_error(None, "bad_frame", "the frame must be a JSON object")
+        request_id = frame.get("id")
+        if request_id is None or not isinstance(request_id, (str, int)) or request_id == "":
+            return self.protocol_error(None, "missing_id", 'every frame needs a string "id"')
+        op = frame.get("op")
+        content = frame.get("content", {})
+        if content is None:
+            content = {}
+        if not isinstance(content, dict):
+            return self.protocol_error(request_id, "bad_content", '"content" must be an object')
+        if op == "input_reply":
+            worker_id = self._executes.get(request_id)
+            if worker_id is None:
+                return self.protocol_error(
+                    request_id, "no_pending_input", "no running execute with this id"
+                )
+            asyncio.ensure_future(
+                self.state.worker.send_input(worker_id, str(content.get("value", "")))
+            )
+        elif op == "kernel_info":
+            self.send(
+                {
+                    "id": request_id,
+                    "event": "reply",
+                    "msg_type": "kernel_info_reply",
+                    "content": {"status": "ok", **self.state.language.kernel_info()},
+                }
+            )
+        elif op in CHANNEL_OPS:
+            if op == "execute" and not isinstance(content.get("code", ""), str):
+                return self.protocol_error(request_id, "bad_content", '"code" must be a string')
+            asyncio.ensure_future(self._request(request_id, op, content))
+        else:
+            self.protocol_error(
+                request_id,
+                "unknown_op",
+                f"unknown op {op!r}; known ops: "
+                f"{', '.join(sorted([*CHANNEL_OPS, 'input_reply', 'kernel_info']))}",
+            )
+
+    async def _request(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+        worker = self.state.worker
+        worker_id = worker.new_id()
+        seen: dict[str, Any] = {}
+        if op == "execute":
+            self._executes[request_id] = worker_id
+
+        def on_event(event: str, event_content: dict[str, Any]) -> None:
+            if event == "execute_input":
+                seen["execution_count"] = event_content.get("execution_count")
+            self.send({"id": request_id, "event": event, "content": event_content})
+
+        try:
+            msg_type, reply = await worker.request(worker_id, op, content, on_event)
+        except WorkerDied as exc:
+            error = {"ename": "KernelDied", "evalue": str(exc), "traceback": [str(exc)]}
+            self.send({"id": request_id, "event": "error", "content": error})
+            msg_type, reply = reply_type(op), {"status": "error", **error}
+            if op == "execute":
+                reply.update(
+                    execution_count=seen.get("execution_count"), payload=[], user_expressions={}
+                )
+        except Exception as exc:  # never leave a request without a reply
+            log.exception("request %s failed", op)
+            error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+            msg_type, reply = reply_type(op), {"status": "error", **error}
+        finally:
+            if self._executes.get(request_id) == worker_id:
+                del self._executes[request_id]
+        self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
+
+
+def make_app(state: RunnerState) -> web.Application:
+    """The tornado application for one runner."""
+    kwargs = {"state": state}
+    return web.Application(
+        [
+            (r"/healthz", HealthHandler, kwargs),
+            (r"/kernel_info", KernelInfoHandler, kwargs),
+            (r"/interrupt", InterruptHandler, kwargs),
+            (r"/env", EnvHandler, kwargs),
+            (r"/state/snapshot", SnapshotHandler, kwargs),
+            (r"/state/restore", RestoreHandler, kwargs),
+            (r"/files/?", FilesListHandler, kwargs),
+            (r"/files/(.+)", FileHandler, kwargs),
+            (r"/channel", ChannelHandler, kwargs),
+        ],
+        websocket_max_message_size=state.max_request_bytes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kwargs,
+    )
+
+
+class NotFoundHandler(ApiHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._finished:
+            self.fail(404, "not_found", f"no such endpoint: {self.request.path}")

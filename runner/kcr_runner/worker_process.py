@@ -1,0 +1,262 @@
+"""The runner's handle on its worker process: start, serialize requests, route events, death.
+
+The runner never restarts a dead worker: after a death every request fails at once with the
+same "the kernel process died" message (the gateway replaces the whole pod).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .worker_protocol import REPLY_TYPES, decode, encode
+
+log = logging.getLogger("kcr_runner.worker")
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class WorkerDied(Exception):
+    """The worker process is gone; ``str(exc)`` says why (exit code or signal)."""
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future
+    on_event: EventCallback | None
+
+
+class WorkerProcess:
+    """Starts a worker (``argv``) with protocol pipes and talks the worker protocol to it.
+
+    ``request()`` calls are processed one at a time in arrival order (an ``asyncio.Lock`` is
+    FIFO); ``interrupt()``, ``send_input()`` and ``control()`` bypass the queue. Events whose
+    id is null (output not caused by a request) go to ``on_unsolicited``.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | None,
+        env: dict[str, str],
+        options: dict[str, Any],
+        line_limit: int,
+        cell_timeout: float | None = None,
+    ):
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.options = options
+        self.line_limit = line_limit
+        self.cell_timeout = cell_timeout
+        self.on_unsolicited: EventCallback = lambda event, content: None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.detail = ""
+        self.ready_info: dict[str, Any] = {}
+        self._alive = False
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._ready: asyncio.Future | None = None
+        self._reader: asyncio.Task | None = None
+        self.current: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def new_id(self) -> str:
+        return f"w{next(self._ids)}"
+
+    async def start(self, ready_timeout: float = 60.0) -> None:
+        """Start the worker and wait for its ``ready`` message (or its death)."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                limit=self.line_limit,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.detail = f"the kernel process could not be started: {exc}"
+            log.error("%s", self.detail)
+            return
+        self._alive = True
+        self._reader = asyncio.create_task(self._read_loop())
+        await self._write({"type": "configure", **self.options})
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), ready_timeout)
+        except TimeoutError:
+            self.detail = f"the kernel process did not become ready within {ready_timeout} s"
+            log.error("%s", self.detail)
+            await self.kill()
+
+    async def request(
+        self, request_id: str, op: str, content: dict[str, Any], on_event: EventCallback | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Queue one request; returns ``(msg_type, content)`` of its reply.
+
+        Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
+        """
+        async with self._lock:
+            if not self._alive:
+                raise WorkerDied(self.detail or "the kernel process is not running")
+            future = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = _Pending(future, on_event)
+            self.current = request_id
+            timer = None
+            if op == "execute" and self.cell_timeout:
+                timer = asyncio.get_running_loop().call_later(
+                    self.cell_timeout, lambda: asyncio.ensure_future(self._timeout())
+                )
+            try:
+                await self._write(
+                    {"type": "request", "id": request_id, "op": op, "content": content}
+                )
+                return await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self.current = None
+                self._pending.pop(request_id, None)
+
+    async def control(self, op: str, content: dict[str, Any]) -> dict[str, Any]:
+        """A request the worker answers at once, even while a cell runs (``set_env``)."""
+        if not self._alive:
+            raise WorkerDied(self.detail or "the kernel process is not running")
+        request_id = self.new_id()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, None)
+        try:
+            await self._write({"type": "control", "id": request_id, "op": op, "content": content})
+            _, reply = await future
+            return reply
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def interrupt(self, reason: str = "user", message: str = "") -> None:
+        if self._alive:
+            await self._write({"type": "interrupt", "reason": reason, "message": message})
+
+    async def send_input(self, request_id: str, value: str) -> None:
+        if self._alive:
+            await self._write({"type": "input_reply", "id": request_id, "value": value})
+
+    async def _timeout(self) -> None:
+        await self.interrupt(
+            "timeout", f"the cell ran longer than the runner's limit of {self.cell_timeout} s"
+        )
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(encode(message))
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the reader sees EOF and records the death
+
+    async def _read_loop(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+        try:
+            while True:
+                try:
+                    line = await stdout.readline()
+                except ValueError:  # one line over the limit: protocol violation
+                    log.error("worker sent a message over %d bytes; stopping it", self.line_limit)
+                    await self.kill()
+                    break
+                if not line:
+                    break
+                try:
+                    self._dispatch(decode(line))
+                except Exception:
+                    log.exception("bad message from the worker: %r", line[:200])
+        finally:
+            await self._record_death()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        request_id = message.get("id")
+        if kind == "event":
+            pending = self._pending.get(request_id) if request_id is not None else None
+            event, content = message.get("event", ""), message.get("content") or {}
+            if pending is not None and pending.on_event is not None:
+                pending.on_event(event, content)
+            elif request_id is None:
+                self.on_unsolicited(event, content)
+        elif kind == "reply":
+            pending = self._pending.get(request_id)
+            if pending is not None and not pending.future.done():
+                pending.future.set_result((message.get("msg_type"), message.get("content") or {}))
+        elif kind == "ready":
+            self.ready_info = message
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(message)
+
+    async def _record_death(self) -> None:
+        assert self.proc is not None
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            await self.kill()
+            code = await self.proc.wait()
+        self._alive = False
+        if not self.detail:
+            self.detail = describe_exit(code)
+        log.error("worker stopped: %s", self.detail)
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(WorkerDied(self.detail))
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    async def kill(self) -> None:
+        """Kill the worker's whole process group (it runs in its own session)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        await self.kill()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+
+
+def describe_exit(code: int) -> str:
+    """A user-facing sentence for a worker exit status."""
+    if code < 0 or code > 128:
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        text = f"the kernel process died (killed by signal {name}"
+        if number == signal.SIGKILL:
+            text += "; the out-of-memory killer is a common cause"
+        if code > 128:
+            text += f"; exit status {code}"
+        return text + ")"
+    return f"the kernel process died (exit code {code})"
+
+
+def reply_type(op: str) -> str:
+    return REPLY_TYPES.get(op, f"{op}_reply")
