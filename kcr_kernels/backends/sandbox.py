@@ -327,7 +327,10 @@ class Sandbox:
         for key, value in env.items():
             args += ["--setenv", key, value]
         # The runner's token must never reach user code.
-        args += ["--unsetenv", "KCR_RUNNER_TOKEN", "--"]
+        args += ["--unsetenv", "KCR_RUNNER_TOKEN"]
+        # The sandbox's root is a tmpfs bwrap builds; make it read-only too, so
+        # /work, /tmp (and /dev/shm, private to the sandbox) are the only writable places.
+        args += ["--remount-ro", "/", "--"]
         return args
 
 

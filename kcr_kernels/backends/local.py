@@ -1,0 +1,322 @@
+"""The ``local`` pod backend: each pod is a ``kcr-runner`` process on 127.0.0.1.
+
+The runner is the trusted supervisor and runs unsandboxed; the worker it
+starts (the process that runs user code) is wrapped in the bubblewrap prefix
+built by :mod:`kcr_kernels.backends.sandbox`. See ``docs/sandbox.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .base import Pod, PodBackend, PodStartError
+from .sandbox import PidsCgroup, Sandbox, SandboxLimits
+
+READY_PREFIX = "KCR_RUNNER_READY "
+_STDERR_TAIL = 40
+# Environment variables passed from the gateway to a runner. Everything else
+# (store credentials, cloud keys, ...) stays in the gateway.
+_ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "COVERAGE_PROCESS_START")
+
+
+class LocalBackend(PodBackend):
+    """Pods as local runner processes, their workers sandboxed with bubblewrap.
+
+    * ``root_dir/pods/<pod-name>/work`` is a pod's workspace (created fresh,
+      removed on delete). ``root_dir`` belongs to one gateway: :meth:`start`
+      removes pods a previous, killed gateway left there.
+    * Each runner gets a fresh ``secrets.token_urlsafe`` token (in its
+      environment only; the sandbox prefix unsets it for the worker), its own
+      process group, and SIGKILL as parent-death signal (``setpriv
+      --pdeathsig``), so runners die with the gateway; their sandboxed workers
+      die with them (``bwrap --die-with-parent``).
+    * ``sandbox=False`` runs workers unsandboxed, logging a warning at start.
+      ``sandbox=True`` makes :meth:`start` raise
+      :class:`~kcr_kernels.backends.sandbox.SandboxUnavailable` when bubblewrap
+      is missing or cannot create namespaces.
+    * ``limits`` sets the worker's rlimits; ``limits.processes`` also becomes a
+      per-pod pids cgroup cap where the host allows one.
+    * ``runner_args`` are appended to the runner's command line;
+      ``runner_command`` replaces ``[python, "-m", "kcr_runner"]`` (tests).
+    * :meth:`close` deletes any pod still running: nothing is left behind.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        root_dir: Path,
+        *,
+        sandbox: bool = True,
+        limits: SandboxLimits | None = None,
+        runner_args: list[str] | None = None,
+        python: str = sys.executable,
+        log: logging.Logger | None = None,
+        bwrap: str = "bwrap",
+        prlimit: str = "prlimit",
+        runner_command: list[str] | None = None,
+    ) -> None:
+        self.root_dir = Path(root_dir).resolve()
+        self.pods_dir = self.root_dir / "pods"
+        self.sandboxed = sandbox
+        self.limits = limits or SandboxLimits()
+        self.runner_args = list(runner_args or [])
+        self.python = python
+        self.runner_command = list(runner_command or [python, "-m", "kcr_runner"])
+        self.log = log or logging.getLogger("kcr_kernels.backends.local")
+        self.sandbox = Sandbox(
+            self.root_dir / "sandbox", limits=self.limits, bwrap=bwrap, prlimit=prlimit
+        )
+        self.cgroups = PidsCgroup()
+        self._pods: dict[str, Pod] = {}
+        self._setpriv = shutil.which("setpriv")
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check prerequisites and clear pods a killed gateway left behind."""
+        if self.sandboxed:
+            await asyncio.to_thread(self.sandbox.check)
+            await asyncio.to_thread(self.sandbox.write_etc)
+            if self.limits.processes is not None and self.cgroups.root is None:
+                self.log.warning(
+                    "no writable pids cgroup: the worker process cap relies on RLIMIT_NPROC, "
+                    "which the kernel does not enforce when the gateway runs as root"
+                )
+        else:
+            self.log.warning(
+                "pods are NOT sandboxed (allow_unsandboxed): user code runs as %s with "
+                "this gateway's file system and network access",
+                os.getuid(),
+            )
+        if self._setpriv is None:
+            self.log.warning(
+                "setpriv (util-linux) not found: runners will not die if the gateway is killed"
+            )
+        await asyncio.to_thread(self._clear_leftovers)
+
+    def _clear_leftovers(self) -> None:
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.pods_dir.iterdir():
+            if old.name in self._pods:
+                continue
+            self.log.info("removing pod %s left by a previous gateway", old.name)
+            self._remove_cgroup_blocking(old.name)
+            shutil.rmtree(old, ignore_errors=True)
+
+    async def close(self) -> None:
+        """Delete every pod still running (the pool normally did already)."""
+        await asyncio.gather(*(self.delete(p) for p in list(self._pods.values())))
+
+    # -- pods --------------------------------------------------------------------------
+
+    async def create(self, language: str) -> Pod:
+        name = f"kcr-{language}-{secrets.token_hex(5)}"
+        token = secrets.token_urlsafe(32)
+        pod = Pod(name=name, language=language, token=token)
+        workspace = self.pods_dir / name / "work"
+        await asyncio.to_thread(workspace.mkdir, parents=True)
+        pod.meta.update(
+            workspace=workspace,
+            stderr=collections.deque(maxlen=_STDERR_TAIL),
+            ready=asyncio.get_running_loop().create_future(),
+        )
+        prefix: list[str] = []
+        if self.sandboxed:
+            if self.limits.processes is not None:
+                pod.meta["cgroup"] = await asyncio.to_thread(
+                    self.cgroups.create, name, self.limits.processes
+                )
+            prefix = self.sandbox.prefix(workspace, pids_cgroup=pod.meta.get("cgroup"))
+        cmd = [
+            *self.runner_command,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workspace",
+            str(workspace),
+            "--language",
+            language,
+            "--worker-prefix",
+            json.dumps(prefix),
+            *self.runner_args,
+        ]
+        if self._setpriv:
+            cmd = [self._setpriv, "--pdeathsig", "KILL", "--", *cmd]
+        env = {k: os.environ[k] for k in _ENV_PASSTHROUGH if k in os.environ}
+        env["KCR_RUNNER_TOKEN"] = token
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        self._pods[name] = pod
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.PIPE,  # EOF when the gateway dies
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                env=env,
+                cwd=str(workspace),
+            )
+        except OSError as e:
+            await self.delete(pod)
+            raise PodStartError(f"could not start a {language} runner ({cmd[0]}): {e}")
+        pod.meta["process"] = proc
+        pod.meta["readers"] = [
+            asyncio.create_task(self._read_stdout(pod, proc)),
+            asyncio.create_task(self._read_stderr(pod, proc)),
+        ]
+        self.log.debug("pod %s: runner pid %s", name, proc.pid)
+        return pod
+
+    async def _read_stdout(self, pod: Pod, proc: asyncio.subprocess.Process) -> None:
+        ready: asyncio.Future = pod.meta["ready"]
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if not ready.done() and line.startswith(READY_PREFIX):
+                try:
+                    ready.set_result(json.loads(line[len(READY_PREFIX) :]))
+                except ValueError as e:
+                    ready.set_exception(PodStartError(f"bad ready line {line!r}: {e}"))
+            else:
+                self.log.debug("pod %s stdout: %s", pod.name, line)
+        if not ready.done():
+            ready.set_exception(EOFError("runner closed stdout before it was ready"))
+
+    async def _read_stderr(self, pod: Pod, proc: asyncio.subprocess.Process) -> None:
+        tail: collections.deque = pod.meta["stderr"]
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            tail.append(line)
+            self.log.debug("pod %s: %s", pod.name, line)
+
+    def stderr_tail(self, pod: Pod, lines: int = 15) -> str:
+        """The last ``lines`` lines the pod's runner wrote to stderr."""
+        return "\n".join(list(pod.meta.get("stderr", ()))[-lines:])
+
+    async def wait_ready(self, pod: Pod, timeout: float) -> Pod:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        try:
+            await self._wait_ready(pod, deadline)
+        except asyncio.CancelledError:
+            await self.delete(pod)
+            raise
+        except Exception as e:
+            await self.delete(pod)
+            tail = self.stderr_tail(pod)
+            detail = f"\nrunner stderr (last lines):\n{tail}" if tail else ""
+            if isinstance(e, TimeoutError):
+                why = f"not ready after {timeout:g} s"
+            else:
+                why = str(e)
+            raise PodStartError(f"{pod.language} pod {pod.name} failed to start: {why}{detail}")
+        return pod
+
+    async def _wait_ready(self, pod: Pod, deadline: float) -> None:
+        proc: asyncio.subprocess.Process = pod.meta["process"]
+        remaining = deadline - time.monotonic()
+        try:
+            info = await asyncio.wait_for(asyncio.shield(pod.meta["ready"]), max(remaining, 0))
+        except EOFError:
+            code = await asyncio.wait_for(proc.wait(), 5)
+            raise RuntimeError(f"runner exited with code {code} before it was ready")
+        url = f"http://{info['host']}:{info['port']}"
+        while True:
+            health = await self.healthz(pod, url=url, seconds=max(deadline - time.monotonic(), 0.1))
+            if health is not None and health.get("status") == "ok":
+                pod.url = url
+                pod.meta["runner_pid"] = info.get("pid")
+                return
+            if proc.returncode is not None:
+                raise RuntimeError(f"runner exited with code {proc.returncode}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+            await asyncio.sleep(0.05)
+
+    async def healthz(self, pod: Pod, *, url: str | None = None, seconds: float = 5.0):
+        """The runner's ``/healthz`` JSON, or ``None`` when it does not answer."""
+        url = url or pod.url
+        if url is None:
+            return None
+        request = HTTPRequest(
+            f"{url}/healthz",
+            headers={"Authorization": f"Bearer {pod.token}"},
+            connect_timeout=seconds,
+            request_timeout=seconds,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+            return json.loads(response.body)
+        except (HTTPClientError, OSError, ValueError, TimeoutError):
+            return None
+
+    async def delete(self, pod: Pod) -> None:
+        if self._pods.get(pod.name) is not pod:
+            return
+        proc: asyncio.subprocess.Process | None = pod.meta.get("process")
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        cgroup = pod.meta.get("cgroup")
+        if cgroup is not None:
+            await asyncio.to_thread(PidsCgroup.kill_all, cgroup)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()  # reap: no zombies
+            for task in pod.meta.get("readers", ()):
+                task.cancel()
+        ready = pod.meta.get("ready")
+        if ready is not None and not ready.done():
+            ready.cancel()
+        if cgroup is not None:
+            await self._remove_cgroup(cgroup)
+        await asyncio.to_thread(shutil.rmtree, self.pods_dir / pod.name, True)
+        pod.url = None
+        self._pods.pop(pod.name, None)
+        self.log.debug("pod %s deleted", pod.name)
+
+    async def _remove_cgroup(self, cgroup: Path) -> None:
+        # The sandboxed processes die asynchronously after SIGKILL; the empty
+        # cgroup can only be removed once they are gone.
+        for _ in range(100):
+            if await asyncio.to_thread(PidsCgroup.remove, cgroup):
+                return
+            await asyncio.to_thread(PidsCgroup.kill_all, cgroup)
+            await asyncio.sleep(0.02)
+        self.log.warning("could not remove pids cgroup %s (processes still in it)", cgroup)
+
+    def _remove_cgroup_blocking(self, name: str) -> None:
+        if self.cgroups.root is None:
+            return
+        path = self.cgroups.root / name
+        for _ in range(100):
+            PidsCgroup.kill_all(path)
+            if PidsCgroup.remove(path):
+                return
+            time.sleep(0.02)
+
+    async def alive(self, pod: Pod) -> bool:
+        proc = pod.meta.get("process")
+        return proc is not None and proc.returncode is None and pod.name in self._pods
+
+    async def list(self, language: str | None = None) -> list[Pod]:
+        return [p for p in self._pods.values() if language is None or p.language == language]
+
+    def workspace(self, pod: Pod) -> Path:
+        """The host folder bound at ``/work`` in the pod's sandbox."""
+        return pod.meta["workspace"]
