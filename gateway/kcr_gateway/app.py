@@ -1,0 +1,296 @@
+"""``kcr-gateway``: the Jupyter Kernel Gateway API on warm pools of sandboxed pods.
+
+A JupyterApp (traitlets configuration, ``--KCRGateway.<trait>`` on the command
+line, ``kcr_gateway_config.py`` in Jupyter's config path) that builds a tornado
+application from jupyter_server's handlers, with :class:`KCRKernelManager`
+behind them and no ZMQ inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from jupyter_core.application import JupyterApp, base_aliases, base_flags
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.auth.authorizer import AllowAllAuthorizer
+from jupyter_server.utils import url_path_join
+from tornado import httpserver, web
+from tornado.httpclient import AsyncHTTPClient
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+
+from kcr_kernels.backends.base import PodBackend
+from kcr_kernels.kernelspecs import KCRKernelSpecManager
+from kcr_kernels.pool import PodPool, PoolConfig
+
+from . import __version__
+from .handlers import NotFoundHandler, default_handlers
+from .identity import KCRIdentityProvider
+from .kernels import KCRKernelManager
+from .websocket import KCRWebsocketConnection
+
+
+class StartupError(RuntimeError):
+    """A problem that stops the gateway from starting; printed as one line."""
+
+
+aliases = {
+    **base_aliases,
+    "ip": "KCRGateway.ip",
+    "port": "KCRGateway.port",
+    "base-url": "KCRGateway.base_url",
+    "data-dir": "KCRGateway.data_dir",
+    "backend": "KCRGateway.backend",
+}
+flags = {
+    **base_flags,
+    "allow-unsandboxed": (
+        {"KCRGateway": {"allow_unsandboxed": True}},
+        "Run pods without bubblewrap when it is missing (user code is NOT isolated).",
+    ),
+}
+
+
+class KCRGateway(JupyterApp):
+    """The gateway application: configuration, pools, kernel manager, HTTP server."""
+
+    name = "kcr-gateway"
+    version = __version__
+    description = "Jupyter Kernel Gateway compatible server: kernels on warm, sandboxed pods."
+    aliases = aliases
+    flags = flags
+
+    # -- network ---------------------------------------------------------------
+    ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
+    port = Integer(8888, config=True, help="Port the gateway listens on (0: any free port).")
+    base_url = Unicode("/", config=True, help="URL prefix of every route.")
+    auth_token = Unicode(
+        config=True,
+        help="Token clients must send (Authorization: token <t> or ?token=). "
+        "Default: $KCR_AUTH_TOKEN; empty turns authentication off.",
+    )
+
+    @default("auth_token")
+    def _auth_token_default(self) -> str:
+        return os.environ.get("KCR_AUTH_TOKEN", "")
+
+    allow_origin = Unicode("", config=True, help="Access-Control-Allow-Origin value ('*' for any).")
+    allow_origin_pat = Unicode("", config=True, help="Regex of allowed CORS origins.")
+    allow_credentials = Bool(False, config=True, help="Set Access-Control-Allow-Credentials.")
+    authenticate_prometheus = Bool(True, config=True, help="Require the token for /metrics.")
+
+    # -- kernels ----------------------------------------------------------------
+    list_kernels = Bool(True, config=True, help="Allow GET /api/kernels.")
+    max_kernels = Integer(0, config=True, help="Most kernels at once (0: no limit).")
+    max_kernels_per_user = Integer(
+        0, config=True, help="Most kernels per KERNEL_USERNAME (0: no limit)."
+    )
+    env_whitelist = List(
+        Unicode(), config=True, help="Env names besides KERNEL_* a start request may set."
+    )
+    default_kernel_name = Unicode("kcr-python", config=True, help="Kernelspec used by default.")
+
+    # -- pods -------------------------------------------------------------------
+    backend = Unicode("local", config=True, help="Pod backend: 'local' or 'kubernetes'.")
+    pools = Dict(
+        default_value={"python": {"warm": 2, "max": 0}},
+        config=True,
+        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any)}}.",
+    )
+    refill_concurrency = Integer(2, config=True, help="Pods started at once while refilling.")
+    pod_start_timeout = Float(30.0, config=True, help="Seconds a pod may take to become ready.")
+    allow_unsandboxed = Bool(
+        False,
+        config=True,
+        help="Run local pods without bubblewrap when it is missing. User code is then NOT "
+        "isolated from this machine.",
+    )
+    data_dir = Unicode(config=True, help="Where the embedded default keeps its data.")
+
+    @default("data_dir")
+    def _data_dir_default(self) -> str:
+        return str(Path(jupyter_data_dir()) / "kcr")
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.ready_once = False
+        self.http_server: httpserver.HTTPServer | None = None
+        self.pool: PodPool | None = None
+        self.kernel_manager: KCRKernelManager | None = None
+
+    # -- construction -------------------------------------------------------------
+
+    def make_backend(self) -> PodBackend:
+        if self.backend == "local":
+            from kcr_kernels.backends.local import LocalBackend
+
+            backend = LocalBackend(Path(self.data_dir), sandbox=True, log=self.log)
+            if self.allow_unsandboxed:
+                from kcr_kernels.backends.sandbox import SandboxUnavailable
+
+                try:
+                    backend.sandbox.check()
+                except SandboxUnavailable as e:
+                    self.log.warning(
+                        "No sandbox (%s); allow_unsandboxed is set, so pods run without one", e
+                    )
+                    backend.sandboxed = False
+            return backend
+        if self.backend == "kubernetes":
+            from kcr_kernels.backends.kubernetes import KubernetesBackend
+
+            return KubernetesBackend(parent=self, log=self.log)
+        raise StartupError(f"unknown backend {self.backend!r}: use 'local' or 'kubernetes'")
+
+    def pool_configs(self) -> list[PoolConfig]:
+        configs = []
+        for language, sizes in self.pools.items():
+            sizes = sizes or {}
+            configs.append(
+                PoolConfig(language, warm=int(sizes.get("warm", 2)), max=int(sizes.get("max", 0)))
+            )
+        if not configs:
+            raise StartupError("no pools configured: set KCRGateway.pools")
+        return configs
+
+    def init_components(self) -> None:
+        configs = self.pool_configs()
+        self.backend_impl = self.make_backend()
+        self.pool = PodPool(
+            self.backend_impl,
+            configs,
+            start_timeout=self.pod_start_timeout,
+            refill_concurrency=self.refill_concurrency,
+            log=self.log,
+        )
+        self.kernel_spec_manager = KCRKernelSpecManager(
+            parent=self, languages=[c.language for c in configs]
+        )
+        self.kernel_manager = KCRKernelManager(
+            parent=self,
+            log=self.log,
+            pool=self.pool,
+            kernel_spec_manager=self.kernel_spec_manager,
+            default_kernel_name=self.default_kernel_name,
+            start_timeout=self.pod_start_timeout,
+        )
+        self.identity_provider = KCRIdentityProvider(
+            parent=self, log=self.log, token=self.auth_token
+        )
+
+    def make_web_app(self) -> web.Application:
+        handlers = [
+            (url_path_join(self.base_url, pattern), *rest) for pattern, *rest in default_handlers()
+        ]
+        settings = dict(
+            base_url=self.base_url,
+            kernel_manager=self.kernel_manager,
+            kernel_spec_manager=self.kernel_spec_manager,
+            kernel_websocket_connection_class=KCRWebsocketConnection,
+            identity_provider=self.identity_provider,
+            authorizer=AllowAllAuthorizer(parent=self, identity_provider=self.identity_provider),
+            allow_origin=self.allow_origin,
+            allow_origin_pat=self.allow_origin_pat,
+            allow_credentials=self.allow_credentials,
+            allow_remote_access=True,
+            disable_check_xsrf=True,
+            cookie_secret=os.urandom(32),
+            authenticate_prometheus=self.authenticate_prometheus,
+            websocket_ping_interval=30,
+            kcr_app=self,
+            kcr_pool=self.pool,
+            kcr_list_kernels=self.list_kernels,
+            kcr_max_kernels=self.max_kernels,
+            kcr_max_kernels_per_user=self.max_kernels_per_user,
+            kcr_env_whitelist=list(self.env_whitelist),
+            default_handler_class=NotFoundHandler,
+            serverapp=None,
+        )
+        return web.Application(handlers, **settings)
+
+    # -- running --------------------------------------------------------------
+
+    async def start_async(self) -> None:
+        """Start pools, kernel manager and HTTP server; returns once listening."""
+        AsyncHTTPClient.configure(None, max_clients=1024)
+        self.init_components()
+        await self.pool.start()
+        self.identity_provider.validate_security(self)
+        app = self.make_web_app()
+        self.http_server = httpserver.HTTPServer(app, max_body_size=1 << 30, xheaders=False)
+        try:
+            sockets = self._bind()
+        except OSError as e:
+            await self.pool.stop()
+            if e.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {self.port} on {self.ip} is already in use: pick another with --port"
+                )
+            raise StartupError(f"cannot listen on {self.ip}:{self.port}: {e.strerror or e}")
+        self.http_server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self.kernel_manager.start_culler()
+        self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
+
+    def _bind(self):
+        from tornado.netutil import bind_sockets
+
+        return bind_sockets(self.port, self.ip)
+
+    @property
+    def display_url(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    async def stop_async(self) -> None:
+        """Stop accepting requests, shut kernels down and delete every pod."""
+        if self.http_server is not None:
+            self.http_server.stop()
+        if self.kernel_manager is not None:
+            self.kernel_manager.stop_culler()
+            await self.kernel_manager.shutdown_all()
+        if self.pool is not None:
+            await self.pool.stop()
+        if getattr(self, "backend_impl", None) is not None:
+            await self.backend_impl.close()
+
+    def start(self) -> None:
+        super().start()
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start_async()
+        except Exception as e:
+            await self.stop_async()
+            raise StartupError(str(e)) from e
+        await stop.wait()
+        self.log.info("Shutting down: deleting pods")
+        await self.stop_async()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``kcr-gateway``: configuration errors are one line, not a traceback."""
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    app = KCRGateway()
+    try:
+        app.initialize(argv)
+        app.start()
+    except StartupError as e:
+        print(f"kcr-gateway: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

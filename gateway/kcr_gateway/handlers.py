@@ -1,0 +1,174 @@
+"""HTTP routes of the gateway: Jupyter Kernel Gateway's jupyter-websocket API + kcr extras.
+
+jupyter_server's own handlers serve kernels, kernelspecs, kernelspec
+resources and the kernel WebSocket; only kernel creation is extended (the
+request's ``env``, kernel limits) and listing made switchable, as in Kernel
+Gateway. Errors are JSON ``{"reason", "message"}`` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jupyter_server
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.kernelspecs.handlers import KernelSpecResourceHandler
+from jupyter_server.services.kernels import handlers as kernel_handlers
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from jupyter_server.services.kernelspecs.handlers import KernelSpecHandler, MainKernelSpecHandler
+from jupyter_server.utils import url_escape, url_path_join
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import web
+
+from . import __version__, metrics
+
+_KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
+
+
+class KernelsHandler(kernel_handlers.MainKernelHandler):
+    """``GET /api/kernels`` (if listing is allowed) and ``POST /api/kernels``.
+
+    The POST body is ``{"name": kernelspec, "env": {...}}``; ``KERNEL_*``
+    variables and those the operator allows (``KCRGateway.env_whitelist``)
+    are passed to the kernel, the rest of ``env`` is ignored. Limits on the
+    number of kernels (global, per ``KERNEL_USERNAME``) are a 403.
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        if not self.settings["kcr_list_kernels"]:
+            raise web.HTTPError(403, "Listing kernels is disabled on this gateway")
+        await super().get()
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        km = self.kernel_manager
+        model = self.get_json_body() or {}
+        if not isinstance(model, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object")
+        name = model.get("name") or km.default_kernel_name
+        env = model.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise web.HTTPError(400, "'env' must be an object of string values")
+        allowed = set(self.settings["kcr_env_whitelist"])
+        env = {k: v for k, v in env.items() if k.startswith("KERNEL_") or k in allowed}
+        self._check_limits(env.get("KERNEL_USERNAME", ""))
+        kernel_id = await km.start_kernel(
+            kernel_name=name, path=model.get("path"), kernel_id=model.get("kernel_id"), env=env
+        )
+        location = url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
+        self.set_header("Location", location)
+        self.set_status(201)
+        self.finish(json.dumps(km.kernel_model(kernel_id)))
+
+    def _check_limits(self, username: str) -> None:
+        km = self.kernel_manager
+        limit = self.settings["kcr_max_kernels"]
+        if limit and len(km) >= limit:
+            raise web.HTTPError(
+                403, f"Resource Limit: this gateway already runs its maximum of {limit} kernels"
+            )
+        per_user = self.settings["kcr_max_kernels_per_user"]
+        if per_user and username and km.kernels_of(username) >= per_user:
+            raise web.HTTPError(
+                403, f"Resource Limit: {username} already runs the maximum of {per_user} kernels"
+            )
+
+
+class APIVersionHandler(APIHandler):
+    """``GET /api``: versions (no auth, like Jupyter Server's)."""
+
+    auth_resource = "api"
+
+    def get(self):
+        self.finish(
+            {"version": jupyter_server.__version__, "gateway": "kcr-gateway", "kcr": __version__}
+        )
+
+
+class PoolsHandler(APIHandler):
+    """``GET /api/kcr/pools``: per-language pool levels."""
+
+    auth_resource = "kernels"
+
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.finish(self.settings["kcr_pool"].status())
+
+
+class HealthHandler(APIHandler):
+    """``GET /healthz``: the process is alive (liveness probe; no auth)."""
+
+    def check_xsrf_cookie(self):
+        return None
+
+    def get(self):
+        self.finish({"status": "ok"})
+
+
+class ReadyHandler(APIHandler):
+    """``GET /readyz``: 200 once every pool has at least one warm pod (or is full), else 503."""
+
+    def get(self):
+        status = self.settings["kcr_pool"].status()
+        not_ready = [
+            lang for lang, s in status.items() if s.get("target", 0) and not s.get("warm", 0)
+        ]
+        if not_ready and not self.settings["kcr_app"].ready_once:
+            self.set_status(503)
+            self.finish({"status": "starting", "waiting_for": not_ready, "pools": status})
+            return
+        self.settings["kcr_app"].ready_once = True
+        self.finish({"status": "ready", "pools": status})
+
+
+class MetricsHandler(APIHandler):
+    """``GET /metrics``: Prometheus exposition (auth unless ``authenticate_prometheus`` is off)."""
+
+    async def get(self):
+        if self.settings.get("authenticate_prometheus", True):
+            user = await ensure_async(self.identity_provider.get_user(self))
+            if user is None:
+                raise web.HTTPError(403, "Metrics need the gateway token")
+        pool = self.settings["kcr_pool"]
+        for language, levels in pool.status().items():
+            for state in ("warm", "leased", "starting"):
+                metrics.POOL_PODS.labels(language=language, state=state).set(levels.get(state, 0))
+        metrics.KERNELS.set(len(self.kernel_manager))
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown path: a JSON 404."""
+
+    def prepare(self):
+        raise web.HTTPError(404, f"No such endpoint: {self.request.path}")
+
+
+def default_handlers() -> list[tuple]:
+    kernel_routes = [
+        (r"/api/kernels", KernelsHandler),
+        (rf"/api/kernels/{_KERNEL_ID}", kernel_handlers.KernelHandler),
+        (
+            rf"/api/kernels/{_KERNEL_ID}/(?P<action>restart|interrupt)",
+            kernel_handlers.KernelActionHandler,
+        ),
+        (rf"/api/kernels/{_KERNEL_ID}/channels", KernelWebsocketHandler),
+    ]
+    return [
+        (r"/api/?", APIVersionHandler),
+        (r"/api/kernelspecs/?", MainKernelSpecHandler),
+        (r"/api/kernelspecs/(?P<kernel_name>[\w\.\-%]+)/?", KernelSpecHandler),
+        (r"/kernelspecs/(?P<kernel_name>[\w\.\-%]+)/(?P<path>.*)", KernelSpecResourceHandler),
+        *kernel_routes,
+        (r"/api/kcr/pools/?", PoolsHandler),
+        (r"/healthz/?", HealthHandler),
+        (r"/readyz/?", ReadyHandler),
+        (r"/metrics/?", MetricsHandler),
+    ]

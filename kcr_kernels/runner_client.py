@@ -1,0 +1,258 @@
+"""Client side of the runner protocol: HTTP control calls + the multiplexed channel.
+
+The runner (``kcr-runner``, in the pod) serves a few HTTP endpoints and one
+WebSocket, ``/channel``, on which requests and their events are multiplexed by
+request id. :class:`RunnerClient` wraps both for one pod. It knows nothing of
+Jupyter messages: :class:`kcr_kernels.session.KernelSession` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+log = logging.getLogger("kcr.runner_client")
+
+#: Called with (event type, content) for every event of one request.
+EventCallback = Callable[[str, dict], None]
+
+
+class RunnerError(RuntimeError):
+    """A runner call failed; the message says which call and why."""
+
+
+class RunnerGone(RunnerError):
+    """The runner cannot be reached any more: its pod died or was deleted."""
+
+
+class _Pending:
+    __slots__ = ("future", "on_event")
+
+    def __init__(self, on_event: EventCallback | None):
+        self.on_event = on_event
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
+class RunnerClient:
+    """Talks to one runner: HTTP control calls and the ``/channel`` WebSocket.
+
+    Contract:
+
+    * :meth:`connect` opens the channel; :meth:`request` sends one op and
+      resolves to its ``reply`` frame (``{"msg_type": ..., "content": ...}``)
+      after passing every intermediate event to ``on_event`` in order.
+    * Frames with ``"id": null`` (e.g. a widget callback's output) go to
+      ``on_unsolicited``.
+    * When the channel drops, every pending request fails with
+      :class:`RunnerGone` and ``on_lost`` is called once (unless the drop
+      was caused by :meth:`close`).
+    * HTTP calls raise :class:`RunnerGone` when the runner is unreachable and
+      :class:`RunnerError` (with the runner's JSON message) for an error status.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        request_timeout: float = 60.0,
+        on_unsolicited: EventCallback | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.request_timeout = request_timeout
+        self.on_unsolicited = on_unsolicited
+        self.on_lost = on_lost
+        self._ws: WebSocketClientConnection | None = None
+        self._reader: asyncio.Task | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._closing = False
+        self.lost = False
+
+    # -- channel ------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        ws_url = "ws" + self.url[len("http") :] + "/channel"
+        request = HTTPRequest(
+            ws_url, headers=self._auth_headers(), connect_timeout=timeout, request_timeout=timeout
+        )
+        try:
+            self._ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
+        except (OSError, HTTPClientError) as e:
+            raise RunnerGone(f"cannot open the runner channel at {ws_url}: {e}") from e
+        # Small request/reply frames must not wait for Nagle's algorithm.
+        stream = getattr(self._ws, "stream", None) or getattr(self._ws.protocol, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+        self._reader = asyncio.create_task(self._read_loop())
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self.lost
+
+    async def request(self, op: str, content: dict, on_event: EventCallback | None = None) -> dict:
+        """Send ``op`` and wait for its reply frame."""
+        if self._ws is None or self.lost:
+            raise RunnerGone("the runner channel is closed")
+        request_id = str(next(self._ids))
+        pending = _Pending(on_event)
+        self._pending[request_id] = pending
+        try:
+            await self._write({"id": request_id, "op": op, "content": content})
+            return await pending.future
+        finally:
+            self._pending.pop(request_id, None)
+
+    def start_request(
+        self, op: str, content: dict, on_event: EventCallback | None = None
+    ) -> tuple[str, asyncio.Future]:
+        """Like :meth:`request` but returns ``(request id, reply future)`` at once.
+
+        The id is what ``input_reply`` must carry to answer an ``input_request``.
+        """
+        if self._ws is None or self.lost:
+            raise RunnerGone("the runner channel is closed")
+        request_id = str(next(self._ids))
+        pending = _Pending(on_event)
+        self._pending[request_id] = pending
+        pending.future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
+        asyncio.ensure_future(self._write({"id": request_id, "op": op, "content": content}))
+        return request_id, pending.future
+
+    async def send(self, op: str, content: dict, request_id: str | None = None) -> None:
+        """Send a frame that gets no reply (``input_reply``, ``comm_msg``)."""
+        if self._ws is None or self.lost:
+            raise RunnerGone("the runner channel is closed")
+        await self._write({"id": request_id, "op": op, "content": content})
+
+    async def _write(self, frame: dict) -> None:
+        try:
+            await self._ws.write_message(json.dumps(frame))
+        except Exception as e:  # WebSocketClosedError, StreamClosedError
+            self._channel_lost(f"write failed: {e}")
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        while True:
+            raw = await ws.read_message()
+            if raw is None:
+                break
+            try:
+                frame = json.loads(raw)
+            except ValueError:
+                log.warning("runner %s sent a frame that is not JSON: %.200r", self.url, raw)
+                continue
+            self._dispatch(frame)
+        reason = ws.close_reason or f"code {ws.close_code}"
+        self._channel_lost(f"the runner closed the channel ({reason})")
+
+    def _dispatch(self, frame: dict) -> None:
+        event = frame.get("event")
+        pending = self._pending.get(frame.get("id")) if frame.get("id") is not None else None
+        if pending is None:
+            if frame.get("id") is None and self.on_unsolicited is not None and event:
+                self.on_unsolicited(event, frame.get("content") or {})
+            return
+        if event == "reply":
+            if not pending.future.done():
+                pending.future.set_result(frame)
+        elif pending.on_event is not None:
+            try:
+                pending.on_event(event, frame.get("content") or {})
+            except Exception:
+                log.exception("event handler failed for %s", event)
+
+    def _channel_lost(self, why: str) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        error = RunnerGone(why)
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
+        if not self._closing and self.on_lost is not None:
+            self.on_lost()
+
+    def close(self) -> None:
+        """Close the channel; pending requests fail with :class:`RunnerGone`."""
+        self._closing = True
+        if self._ws is not None:
+            self._ws.close()
+        self._channel_lost("the channel was closed by the gateway")
+        if self._reader is not None:
+            self._reader.cancel()
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One HTTP call; returns the tornado response (``.body``, ``.headers``)."""
+        all_headers = self._auth_headers()
+        if headers:
+            all_headers.update(headers)
+        request = HTTPRequest(
+            self.url + path,
+            method=method,
+            body=body if body is not None else (b"" if method in ("POST", "PUT") else None),
+            headers=all_headers,
+            request_timeout=timeout or self.request_timeout,
+            connect_timeout=min(10.0, timeout or self.request_timeout),
+            decompress_response=False,
+        )
+        try:
+            return await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.code == 599 or e.response is None:
+                raise RunnerGone(f"runner {self.url} unreachable on {method} {path}: {e}") from e
+            raise RunnerError(_error_text(method, path, e)) from e
+        except OSError as e:
+            raise RunnerGone(f"runner {self.url} unreachable on {method} {path}: {e}") from e
+
+    async def call_json(self, method: str, path: str, payload: Any = None, **kw) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        response = await self.call(
+            method, path, body, headers={"Content-Type": "application/json"}, **kw
+        )
+        return json.loads(response.body) if response.body else None
+
+    async def healthz(self, timeout: float = 5.0) -> dict:
+        return await self.call_json("GET", "/healthz", timeout=timeout)
+
+    async def kernel_info(self) -> dict:
+        return await self.call_json("GET", "/kernel_info")
+
+    async def interrupt(self) -> None:
+        await self.call("POST", "/interrupt", timeout=10.0)
+
+    async def set_env(self, env: dict[str, str]) -> None:
+        await self.call_json("POST", "/env", env, timeout=10.0)
+
+
+def _error_text(method: str, path: str, e: HTTPClientError) -> str:
+    detail = ""
+    try:
+        body = json.loads(e.response.body)
+        detail = body.get("message") or body.get("reason") or ""
+    except Exception:
+        detail = (e.response.body or b"")[:200].decode(errors="replace")
+    return f"runner call {method} {path} failed with HTTP {e.code}: {detail}".rstrip(": ")

@@ -1,0 +1,441 @@
+"""Jupyter messaging protocol (5.3) semantics for one kernel, on top of a runner.
+
+This is the one place where Jupyter messages are understood, for every
+language: the gateway's WebSocket connections and the bridge kernel both feed
+client messages into a :class:`KernelSession` and receive Jupyter messages
+back. Runners only execute; they never build Jupyter headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from jupyter_client.session import Session
+
+from .runner_client import RunnerClient, RunnerError, RunnerGone
+
+log = logging.getLogger("kcr.session")
+
+PROTOCOL_VERSION = "5.3"
+
+#: Requests the runner answers (shell channel op name → reply type).
+RUNNER_OPS = {
+    "execute_request": "execute",
+    "complete_request": "complete",
+    "inspect_request": "inspect",
+    "is_complete_request": "is_complete",
+    "history_request": "history",
+    "comm_info_request": "comm_info",
+}
+#: Shell messages forwarded to the runner that get no reply.
+COMM_OPS = {"comm_open": "comm_open", "comm_msg": "comm_msg", "comm_close": "comm_close"}
+
+
+class KernelListener(Protocol):
+    """Something attached to a kernel that receives its messages (a WebSocket, a bridge)."""
+
+    def send(self, channel: str, msg: dict) -> None:
+        """Deliver one Jupyter message (dict with header, parent_header, ...)."""
+
+
+class KernelSession:
+    """The Jupyter side of one kernel.
+
+    Contract:
+
+    * :meth:`handle` takes a client message (a dict with ``header``,
+      ``parent_header``, ``metadata``, ``content``, ``channel``) from one
+      listener. Shell requests are executed one at a time in arrival order;
+      control requests (``interrupt_request``, ``shutdown_request``,
+      ``kernel_info_request``) are answered at once, even while a cell runs.
+    * Every request gets ``status: busy`` before and ``status: idle`` after
+      on iopub, with ``parent_header`` set to the request's header; every
+      reply and output carries that ``parent_header`` too.
+    * Replies and ``input_request`` go only to the listener that sent the
+      request; iopub goes to every attached listener.
+    * ``stop_on_error`` (default true): an execute that fails aborts the
+      execute requests already queued (reply status ``aborted``).
+    * ``kernel_info_reply`` is served from a cache filled when the runner is
+      attached, never with a pod round trip.
+    * ``shutdown_request`` is answered and then handed to ``on_shutdown``
+      (the kernel manager restarts or removes the kernel).
+    * The runner behind the session can be replaced (:meth:`attach_runner`)
+      while listeners stay attached: a restart or a move to a fresh pod is
+      invisible to the WebSocket.
+    """
+
+    def __init__(
+        self,
+        kernel_id: str,
+        *,
+        username: str = "kcr",
+        on_shutdown: Callable[[bool], Awaitable[None]] | None = None,
+        on_activity: Callable[[str], None] | None = None,
+        before_request: Callable[[], Awaitable[None]] | None = None,
+        after_execute: Callable[[], None] | None = None,
+    ):
+        self.kernel_id = kernel_id
+        self.msg_factory = Session(username=username, key=b"")
+        self.listeners: list[KernelListener] = []
+        self.runner: RunnerClient | None = None
+        self.kernel_info: dict = {}
+        self.execution_state = "starting"
+        self.execution_count = 0
+        self.on_shutdown = on_shutdown
+        self.on_activity = on_activity
+        self.before_request = before_request
+        self.after_execute = after_execute
+        self._queue: asyncio.Queue[tuple[KernelListener, dict]] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._current: tuple[KernelListener, dict, str] | None = None  # listener, msg, runner id
+        self._last_parent: dict = {}
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def attach_runner(self, runner: RunnerClient, kernel_info: dict | None = None) -> None:
+        """Put ``runner`` behind this session (start, restart, move to a new pod)."""
+        runner.on_unsolicited = self._on_unsolicited
+        self.runner = runner
+        if kernel_info is None:
+            kernel_info = await runner.kernel_info()
+        self.kernel_info = kernel_info
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._shell_loop())
+        self.set_state("idle")
+
+    def detach_runner(self) -> RunnerClient | None:
+        runner, self.runner = self.runner, None
+        return runner
+
+    def reset_queue(self, reason: str) -> None:
+        """Drop queued shell requests (restart): each gets an ``aborted`` reply."""
+        while not self._queue.empty():
+            listener, msg = self._queue.get_nowait()
+            self._abort(listener, msg, reason)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.reset_queue("the kernel was shut down")
+        if self._worker is not None:
+            self._worker.cancel()
+        if self.runner is not None:
+            self.runner.close()
+        self.set_state("dead")
+
+    # -- listeners ------------------------------------------------------------
+
+    def add_listener(self, listener: KernelListener) -> None:
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener: KernelListener) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    # -- messages out ---------------------------------------------------------
+
+    def make_msg(self, msg_type: str, content: dict, parent: dict | None, channel: str) -> dict:
+        msg = self.msg_factory.msg(msg_type, content, parent=parent or {})
+        msg["channel"] = channel
+        msg["buffers"] = []
+        if not parent:
+            msg["parent_header"] = {}
+        msg["header"]["version"] = PROTOCOL_VERSION
+        return msg
+
+    def publish(self, msg_type: str, content: dict, parent: dict | None) -> None:
+        msg = self.make_msg(msg_type, content, parent, "iopub")
+        for listener in list(self.listeners):
+            listener.send("iopub", msg)
+
+    def reply(
+        self,
+        listener: KernelListener,
+        channel: str,
+        msg_type: str,
+        content: dict,
+        parent: dict,
+        metadata: dict | None = None,
+    ) -> None:
+        msg = self.make_msg(msg_type, content, parent, channel)
+        if metadata:
+            msg["metadata"] = metadata
+        listener.send(channel, msg)
+
+    def set_state(self, state: str, parent: dict | None = None) -> None:
+        self.execution_state = state
+        if state in ("busy", "idle", "starting", "restarting", "dead"):
+            self.publish("status", {"execution_state": state}, parent)
+
+    # -- messages in ----------------------------------------------------------
+
+    def handle(self, listener: KernelListener, msg: dict) -> None:
+        """Take one client message; never raises."""
+        channel = msg.get("channel") or "shell"
+        msg_type = (msg.get("header") or {}).get("msg_type") or msg.get("msg_type")
+        if not msg_type:
+            log.warning("kernel %s: dropped a message without msg_type", self.kernel_id)
+            return
+        msg.setdefault("header", {})["msg_type"] = msg_type
+        if self.on_activity is not None:
+            self.on_activity(msg_type)
+        if channel == "control" or msg_type in ("kernel_info_request", "interrupt_request"):
+            asyncio.ensure_future(self._handle_control(listener, msg))
+        elif channel == "stdin":
+            asyncio.ensure_future(self._handle_stdin(msg))
+        else:
+            self._queue.put_nowait((listener, msg))
+
+    async def _handle_control(self, listener: KernelListener, msg: dict) -> None:
+        msg_type = msg["header"]["msg_type"]
+        parent = msg["header"]
+        channel = msg.get("channel") or "shell"
+        idle_now = self._current is None and self._queue.empty()
+        if idle_now:
+            self.publish("status", {"execution_state": "busy"}, parent)
+        try:
+            if msg_type == "kernel_info_request":
+                self.reply(listener, channel, "kernel_info_reply", self.kernel_info_reply(), parent)
+            elif msg_type == "interrupt_request":
+                status = await self.interrupt()
+                self.reply(listener, channel, "interrupt_reply", status, parent)
+            elif msg_type == "shutdown_request":
+                restart = bool(msg.get("content", {}).get("restart", False))
+                self.reply(
+                    listener,
+                    channel,
+                    "shutdown_reply",
+                    {"status": "ok", "restart": restart},
+                    parent,
+                )
+                if self.on_shutdown is not None:
+                    await self.on_shutdown(restart)
+                return
+            else:
+                self.reply(
+                    listener,
+                    channel,
+                    msg_type.replace("_request", "_reply"),
+                    _error_content(
+                        "UnsupportedRequest", f"{msg_type} is not supported by kcr kernels"
+                    ),
+                    parent,
+                )
+        finally:
+            if idle_now and not self._closed:
+                self.publish("status", {"execution_state": "idle"}, parent)
+
+    async def _handle_stdin(self, msg: dict) -> None:
+        if msg["header"]["msg_type"] != "input_reply":
+            return
+        current = self._current
+        if current is None or self.runner is None:
+            log.info("kernel %s: input_reply with no pending input_request", self.kernel_id)
+            return
+        try:
+            await self.runner.send("input_reply", msg.get("content") or {}, current[2])
+        except RunnerError as e:
+            log.warning("kernel %s: input_reply not delivered: %s", self.kernel_id, e)
+
+    def kernel_info_reply(self) -> dict:
+        info = {
+            "status": "ok",
+            "protocol_version": PROTOCOL_VERSION,
+            "implementation": "kcr",
+            "implementation_version": "",
+            "language_info": {"name": "unknown"},
+            "banner": "",
+            "help_links": [],
+            "debugger": False,
+        }
+        info.update(self.kernel_info)
+        info["protocol_version"] = PROTOCOL_VERSION
+        return info
+
+    async def interrupt(self) -> dict:
+        if self.runner is None:
+            return {"status": "ok"}
+        try:
+            await self.runner.interrupt()
+        except RunnerError as e:
+            return _error_content("InterruptFailed", str(e))
+        return {"status": "ok"}
+
+    # -- shell ----------------------------------------------------------------
+
+    async def _shell_loop(self) -> None:
+        while True:
+            listener, msg = await self._queue.get()
+            parent = msg["header"]
+            self._last_parent = parent
+            self.set_state("busy", parent)
+            try:
+                failed = await self._handle_shell(listener, msg)
+            except Exception as e:  # a bug must not stop the kernel's queue
+                log.exception("kernel %s: %s failed", self.kernel_id, parent.get("msg_type"))
+                failed = False
+                self.reply(
+                    listener,
+                    "shell",
+                    parent["msg_type"].replace("_request", "_reply"),
+                    _error_content(type(e).__name__, str(e)),
+                    parent,
+                )
+            finally:
+                self._current = None
+            if failed:
+                self._abort_queued_executes()
+            if not self._closed:
+                self.set_state("idle", parent)
+
+    async def _handle_shell(self, listener: KernelListener, msg: dict) -> bool:
+        """Run one shell request; True when it was an execute that failed with stop_on_error."""
+        msg_type = msg["header"]["msg_type"]
+        parent = msg["header"]
+        content = msg.get("content") or {}
+        if msg_type == "kernel_info_request":
+            self.reply(listener, "shell", "kernel_info_reply", self.kernel_info_reply(), parent)
+            return False
+        if msg_type in COMM_OPS:
+            await self._call_runner_quietly(COMM_OPS[msg_type], content)
+            return False
+        if msg_type not in RUNNER_OPS:
+            log.info("kernel %s: unknown shell message %s", self.kernel_id, msg_type)
+            if msg_type.endswith("_request"):
+                self.reply(
+                    listener,
+                    "shell",
+                    msg_type[: -len("_request")] + "_reply",
+                    _error_content("UnknownMessageType", f"kcr kernels do not handle {msg_type}"),
+                    parent,
+                )
+            return False
+        if self.before_request is not None:
+            await self.before_request()
+        reply_type = msg_type.replace("_request", "_reply")
+        if msg_type == "execute_request":
+            return await self._execute(listener, msg)
+        try:
+            runner = self._require_runner()
+            frame = await runner.request(RUNNER_OPS[msg_type], content)
+            self.reply(
+                listener,
+                "shell",
+                frame.get("msg_type") or reply_type,
+                frame.get("content") or {},
+                parent,
+            )
+        except RunnerError as e:
+            self.reply(listener, "shell", reply_type, _error_content("KernelDied", str(e)), parent)
+        return False
+
+    async def _execute(self, listener: KernelListener, msg: dict) -> bool:
+        parent = msg["header"]
+        content = dict(msg.get("content") or {})
+        content.setdefault("silent", False)
+        content.setdefault("store_history", not content["silent"])
+        content.setdefault("user_expressions", {})
+        content.setdefault("allow_stdin", True)
+        stop_on_error = content.get("stop_on_error", True)
+        silent = content["silent"]
+
+        def on_event(event: str, data: dict) -> None:
+            if event == "execute_input":
+                self.execution_count = data.get("execution_count", self.execution_count)
+                if not silent:
+                    self.publish("execute_input", data, parent)
+            elif event == "input_request":
+                self.reply(listener, "stdin", "input_request", data, parent)
+            elif event == "status":
+                return
+            else:
+                self.publish(event, data, parent)
+
+        try:
+            runner = self._require_runner()
+            request_id, future = runner.start_request("execute", content, on_event)
+            self._current = (listener, msg, request_id)
+            frame = await future
+            reply_content = frame.get("content") or {}
+        except RunnerError as e:
+            reply_content = self._died(e, parent)
+        if "execution_count" in reply_content:
+            self.execution_count = reply_content["execution_count"]
+        self.reply(
+            listener,
+            "shell",
+            "execute_reply",
+            reply_content,
+            parent,
+            metadata={"status": reply_content.get("status", "ok")},
+        )
+        if self.after_execute is not None:
+            self.after_execute()
+        return reply_content.get("status") == "error" and bool(stop_on_error) and not silent
+
+    def _died(self, error: RunnerError, parent: dict) -> dict:
+        ename = "KernelDied" if isinstance(error, RunnerGone) else "RunnerError"
+        evalue = (
+            f"The kernel's pod stopped while this request ran ({error})."
+            if isinstance(error, RunnerGone)
+            else str(error)
+        )
+        content = _error_content(ename, evalue)
+        self.publish("error", {k: content[k] for k in ("ename", "evalue", "traceback")}, parent)
+        content["execution_count"] = self.execution_count
+        return content
+
+    def _require_runner(self) -> RunnerClient:
+        if self.runner is None or self.runner.lost:
+            raise RunnerGone("the kernel has no running pod")
+        return self.runner
+
+    async def _call_runner_quietly(self, op: str, content: dict) -> None:
+        try:
+            await self._require_runner().send(op, content)
+        except RunnerError as e:
+            log.warning("kernel %s: %s not delivered: %s", self.kernel_id, op, e)
+
+    def _abort_queued_executes(self) -> None:
+        kept = []
+        while not self._queue.empty():
+            listener, msg = self._queue.get_nowait()
+            if msg["header"]["msg_type"] == "execute_request":
+                self._abort(listener, msg, "a previous cell failed (stop_on_error)")
+            else:
+                kept.append((listener, msg))
+        for item in kept:
+            self._queue.put_nowait(item)
+
+    def _abort(self, listener: KernelListener, msg: dict, reason: str) -> None:
+        parent = msg["header"]
+        self.publish("status", {"execution_state": "busy"}, parent)
+        msg_type = parent.get("msg_type", "execute_request")
+        content: dict[str, Any] = {"status": "aborted", "reason": reason}
+        if msg_type == "execute_request":
+            content["execution_count"] = self.execution_count
+        self.reply(
+            listener,
+            "shell",
+            msg_type.replace("_request", "_reply"),
+            content,
+            parent,
+            metadata={"status": "aborted"},
+        )
+        self.publish("status", {"execution_state": "idle"}, parent)
+
+    def _on_unsolicited(self, event: str, content: dict) -> None:
+        """Output not caused by a request (a widget callback): parent = last request."""
+        self.publish(event, content, self._last_parent)
+
+
+def _error_content(ename: str, evalue: str) -> dict:
+    return {
+        "status": "error",
+        "ename": ename,
+        "evalue": evalue,
+        "traceback": [f"{ename}: {evalue}"],
+    }
