@@ -284,6 +284,8 @@ class ChannelHandler(websocket.WebSocketHandler):
         return True  # authenticated by bearer token, not by cookies
 
     def open(self) -> None:
+        # Request/reply frames are small: do not let Nagle's algorithm hold them back.
+        self.set_nodelay(True)
         self.state.channels.add(self)
 
     def on_close(self) -> None:
