@@ -346,7 +346,10 @@ class S3FileStore(FileStore):
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         h = hashlib.sha256()
         size = 0
-        buf = bytearray()
+        # Chunks wait here until they make a part; a part is at least part_size bytes (it is
+        # the join of whole chunks, so it can be larger: S3 only needs >= 5 MiB per part).
+        pending: list[bytes] = []
+        pending_size = 0
         upload_key: str | None = None
         upload_id: str | None = None
         parts: list[dict] = []
@@ -378,11 +381,14 @@ class S3FileStore(FileStore):
                 if max_bytes is not None and size > max_bytes:
                     raise FileTooLarge(self.url, op, size, max_bytes)
                 h.update(chunk)
-                buf += chunk
-                while len(buf) >= self.part_size:
-                    part = bytes(buf[: self.part_size])
-                    del buf[: self.part_size]
+                pending.append(bytes(chunk))
+                pending_size += len(chunk)
+                if pending_size >= self.part_size:
+                    part = b"".join(pending)
+                    pending.clear()
+                    pending_size = 0
                     await send_part(part)
+                    del part
             mtime = time.time() if mtime is None else float(mtime)
             metadata = {"sha256": h.hexdigest(), "mtime": repr(mtime)}
             if upload_id is None:
@@ -391,14 +397,14 @@ class S3FileStore(FileStore):
                     self._s3.put_object,
                     Bucket=self.bucket,
                     Key=key,
-                    Body=bytes(buf),
+                    Body=b"".join(pending),
                     Metadata=metadata,
                     ContentType=content_type,
                 )
             else:
-                if buf:
-                    await send_part(bytes(buf))
-                    buf.clear()
+                if pending:
+                    await send_part(b"".join(pending))
+                    pending.clear()
                 await self._io(
                     op,
                     self._s3.complete_multipart_upload,
