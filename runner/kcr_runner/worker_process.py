@@ -235,6 +235,8 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     async def close(self) -> None:
+        if self._alive and not self.detail:
+            self.detail = "the runner is shutting down and stopped the kernel process"
         await self.kill()
         if self._reader is not None:
             with contextlib.suppress(Exception):
