@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -166,4 +167,4 @@ async def test_runners_die_with_a_killed_gateway(tmp_path, sandboxed):
     await backend.start()
     assert list((tmp_path / "gw" / "pods").iterdir()) == []
     if info["cgroup"]:
-        assert not os.path.isdir(info["cgroup"])
+        assert not os.path.isdir(info["cgroup"])  # noqa: ASYNC240
