@@ -29,8 +29,20 @@ class RunnerProcess:
         self.workspace = workspace
         self.token = uuid.uuid4().hex
         full_env = {**os.environ, "KCR_RUNNER_TOKEN": self.token, **(env or {})}
-        cmd = [sys.executable, "-m", "kcr_runner", "--host", "127.0.0.1", "--port", "0",
-               "--workspace", str(workspace), "--language", "python", *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "kcr_runner",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workspace",
+            str(workspace),
+            "--language",
+            "python",
+            *args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=full_env, text=True)
         self.ready = self._read_ready(deadline=time.monotonic() + 60)
         self.port = self.ready["port"]

@@ -99,9 +99,9 @@ async def test_user_expressions_silent_and_store_history(channel):
     assert expressions["b"]["status"] == "error"
     _, before = await channel.execute("1")
     count = before["content"]["execution_count"]
-    events, silent = await channel.execute("zz + 1", silent=True)
+    events, _silent = await channel.execute("zz + 1", silent=True)
     assert not [e for e in events if e["event"] == "execute_result"]
-    _, nohist = await channel.execute("2", store_history=False)
+    _, _nohist = await channel.execute("2", store_history=False)
     _, after = await channel.execute("3")
     assert after["content"]["execution_count"] == count + 1  # neither silent nor no-history
 
@@ -109,9 +109,10 @@ async def test_user_expressions_silent_and_store_history(channel):
 async def test_magics_work(channel):
     events, reply = await channel.execute("%time x_magic = sum(range(10))\nx_magic")
     assert reply["content"]["status"] == "ok"
-    assert [e for e in events if e["event"] == "execute_result"][0]["content"]["data"][
-        "text/plain"
-    ] == "45"
+    assert (
+        next(e for e in events if e["event"] == "execute_result")["content"]["data"]["text/plain"]
+        == "45"
+    )
 
 
 async def test_complete_inspect_is_complete_history(channel):

@@ -34,7 +34,7 @@ async def test_getpass_is_a_password_request(channel):
 
 
 async def test_input_without_allow_stdin_raises_clearly(channel):
-    events, reply = await channel.execute("input('x')", allow_stdin=False)
+    _events, reply = await channel.execute("input('x')", allow_stdin=False)
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "StdinNotImplementedError"
     assert "allow_stdin" in reply["content"]["evalue"]
@@ -76,14 +76,25 @@ async def test_interrupt_while_waiting_for_input(shared_runner, channel):
 def _bwrap_works() -> bool:
     if not shutil.which("bwrap"):
         return False
-    probe = subprocess.run(BWRAP_PREFIX + ["true"], capture_output=True)
+    probe = subprocess.run([*BWRAP_PREFIX, "true"], capture_output=True)
     return probe.returncode == 0
 
 
 BWRAP_PREFIX = [
-    "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
-    "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--",
-]  # fmt: skip
+    "bwrap",
+    "--unshare-all",
+    "--die-with-parent",
+    "--ro-bind",
+    "/",
+    "/",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--tmpfs",
+    "/tmp",
+    "--",
+]
 
 
 @pytest.mark.bwrap
@@ -93,7 +104,7 @@ async def test_interrupt_and_output_through_a_bubblewrap_prefix(start_runner):
     runner = start_runner("--worker-prefix", json.dumps(BWRAP_PREFIX))
     channel = await runner.channel()
     try:
-        events, reply = await channel.execute("import os\nos.getpid()")
+        _events, reply = await channel.execute("import os\nos.getpid()")
         assert reply["content"]["status"] == "ok"
         for code in ["while True:\n    pass", "import time\ntime.sleep(100)"]:
             await _interrupt_case(runner, channel, code)
