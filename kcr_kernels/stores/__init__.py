@@ -103,13 +103,16 @@ def open_file_store(
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
     create_bucket: bool = False,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
 ) -> FileStore:
     """Open the file store at ``url`` (no I/O happens until the first call).
 
     ``s3://bucket[/prefix]`` → S3 API (``endpoint_url`` for MinIO/Ceph/moto;
     unset arguments fall back to the usual ``AWS_*`` environment variables and
     boto3 config; ``create_bucket=True`` creates a missing bucket on first
-    use). ``file:///abs/path`` → a local folder, one subfolder per kernel. The
+    use; ``connect_timeout``/``read_timeout`` in seconds bound every request,
+    each tried at most twice). ``file:///abs/path`` → a local folder, one subfolder per kernel. The
     S3 client needs ``kcr-kernels[s3]``.
     """
     scheme = _scheme(url, "open_file_store")
@@ -127,6 +130,8 @@ def open_file_store(
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
             create_bucket=create_bucket,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
     if scheme == "file":
         from .local_file_store import LocalFileStore

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import socket
 import time
 import tracemalloc
 import uuid
@@ -343,3 +344,17 @@ async def test_s3_store_without_prefix(s3_url, s3_options):
     assert [e.path for e in await store.list(k)] == ["f"]
     await store.delete_all(k)
     await store.close()
+
+
+async def test_s3_unresponsive_endpoint_is_unavailable_not_a_hang(s3_options):
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        options = dict(s3_options, endpoint_url=f"http://127.0.0.1:{port}")
+        store = open_file_store(
+            "s3://kcr-test/files", connect_timeout=0.5, read_timeout=0.5, **options
+        )
+        with pytest.raises(StoreUnavailable, match="S3 unreachable"):
+            await asyncio.wait_for(store.read_bytes("k1", "f"), 30)
+        await store.close()

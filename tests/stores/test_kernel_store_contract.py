@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 import uuid
 
@@ -290,3 +291,28 @@ async def test_redis_refusing_connections_is_unavailable():
     with pytest.raises(StoreUnavailable, match="Redis unreachable"):
         await asyncio.wait_for(store.ping(), 15)
     await store.close()
+
+
+async def test_unresponsive_redis_is_unavailable_not_a_hang(redis_server):
+    server = RedisServer(binary=redis_server.binary).start()
+    try:
+        store = open_kernel_store(server.url, timeout=0.5)
+        await store.ping()
+        server.proc.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+        try:
+            with pytest.raises(StoreUnavailable, match="Redis unreachable"):
+                await asyncio.wait_for(store.get_kernel(new_id()), 15)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await wait_until(lambda: _answers(store), what="recovery after SIGCONT")
+        await store.close()
+    finally:
+        server.close()
+
+
+async def _answers(store: KernelStore) -> bool:
+    try:
+        await store.ping()
+    except StoreUnavailable:
+        return False
+    return True
