@@ -123,7 +123,7 @@ class PodPool:
         if self.health_interval > 0:
             self._health_task = asyncio.create_task(self._health_loop())
 
-    async def wait_warm(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_warm(self, timeout: float) -> None:
         """Wait until every language has its target warm count (or is at ``max``).
 
         Raises :class:`TimeoutError` naming the pools still short.
@@ -185,7 +185,7 @@ class PodPool:
         self,
         language: str,
         kernel_id: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - the pool's contract takes a timeout
+        timeout: float | None = None,
     ) -> Pod:
         """Lease a pod for ``kernel_id``: warm if possible, else a cold start."""
         if self._stopping:

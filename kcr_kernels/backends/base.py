@@ -86,7 +86,7 @@ class PodBackend(abc.ABC):
     async def create(self, language: str) -> Pod: ...
 
     @abc.abstractmethod
-    async def wait_ready(self, pod: Pod, timeout: float) -> Pod: ...  # noqa: ASYNC109
+    async def wait_ready(self, pod: Pod, timeout: float) -> Pod: ...
 
     async def claim(self, pod: Pod, kernel_id: str) -> bool:
         pod.kernel_id = kernel_id
@@ -98,7 +98,7 @@ class PodBackend(abc.ABC):
     @abc.abstractmethod
     async def alive(self, pod: Pod) -> bool: ...
 
-    async def healthy(self, pod: Pod, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    async def healthy(self, pod: Pod, timeout: float = 5.0) -> bool:
         """``True`` when the runner answers ``/healthz`` with ``status: ok``."""
         if pod.url is None:
             return False

@@ -209,7 +209,7 @@ class LocalBackend(PodBackend):
         """The last ``lines`` lines the pod's runner wrote to stderr."""
         return "\n".join(list(pod.meta.get("stderr", ()))[-lines:])
 
-    async def wait_ready(self, pod: Pod, timeout: float) -> Pod:  # noqa: ASYNC109
+    async def wait_ready(self, pod: Pod, timeout: float) -> Pod:
         deadline = time.monotonic() + timeout
         try:
             await self._wait_ready(pod, deadline)

@@ -45,7 +45,7 @@ class FakePodBackend(PodBackend):
         self.created.append(pod.name)
         return pod
 
-    async def wait_ready(self, pod: Pod, timeout: float) -> Pod:  # noqa: ASYNC109
+    async def wait_ready(self, pod: Pod, timeout: float) -> Pod:
         self.starting += 1
         self.peak_starting = max(self.peak_starting, self.starting)
         try:
@@ -81,7 +81,7 @@ class FakePodBackend(PodBackend):
     async def alive(self, pod: Pod) -> bool:
         return pod.name in self.pods and pod.name not in self.dead
 
-    async def healthy(self, pod: Pod, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    async def healthy(self, pod: Pod, timeout: float = 5.0) -> bool:
         return await self.alive(pod)
 
     async def list(self, language: str | None = None) -> list[Pod]:

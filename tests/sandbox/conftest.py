@@ -6,7 +6,7 @@ import pytest
 
 from kcr_kernels.backends.local import LocalBackend
 from kcr_kernels.backends.sandbox import SandboxLimits
-from tests.sandbox.sandbox_helpers import RUNNER_COMMAND
+from tests.sandbox.sandbox_helpers import REAL_RUNNER_COMMAND
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ async def make_backend(tmp_path):
     backends = []
 
     async def make(**kw):
-        kw.setdefault("runner_command", RUNNER_COMMAND)
+        kw.setdefault("runner_command", REAL_RUNNER_COMMAND)
         kw.setdefault("limits", SandboxLimits())
         backend = LocalBackend(tmp_path / f"gw{len(backends)}", **kw)
         backends.append(backend)

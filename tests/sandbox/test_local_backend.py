@@ -16,7 +16,7 @@ import pytest
 from kcr_kernels.backends.base import PodStartError
 from kcr_kernels.backends.local import LocalBackend
 from kcr_kernels.backends.sandbox import SandboxUnavailable
-from tests.sandbox.sandbox_helpers import RUNNER_COMMAND, needs_bwrap, run_in_pod, until
+from tests.sandbox.sandbox_helpers import FAKE_RUNNER_COMMAND, needs_bwrap, run_in_pod, until
 
 
 @needs_bwrap
@@ -56,7 +56,9 @@ async def test_delete_leaves_no_sandbox_process(make_backend):
 
 
 async def test_runner_crash_is_a_clear_error(make_backend):
-    backend = await make_backend(sandbox=False, runner_args=["--mode", "crash"])
+    backend = await make_backend(
+        sandbox=False, runner_args=["--mode", "crash"], runner_command=FAKE_RUNNER_COMMAND
+    )
     pod = await backend.create("python")
     with pytest.raises(PodStartError) as err:
         await backend.wait_ready(pod, 10)
@@ -68,7 +70,9 @@ async def test_runner_crash_is_a_clear_error(make_backend):
 
 
 async def test_ready_timeout_cleans_up(make_backend):
-    backend = await make_backend(sandbox=False, runner_args=["--mode", "hang"])
+    backend = await make_backend(
+        sandbox=False, runner_args=["--mode", "hang"], runner_command=FAKE_RUNNER_COMMAND
+    )
     pod = await backend.create("python")
     proc = pod.meta["process"]
     with pytest.raises(PodStartError, match=r"not ready after 0.5 s(.|\n)*hanging on purpose"):
@@ -78,7 +82,9 @@ async def test_ready_timeout_cleans_up(make_backend):
 
 
 async def test_unhealthy_runner_times_out(make_backend):
-    backend = await make_backend(sandbox=False, runner_args=["--mode", "unhealthy"])
+    backend = await make_backend(
+        sandbox=False, runner_args=["--mode", "unhealthy"], runner_command=FAKE_RUNNER_COMMAND
+    )
     pod = await backend.create("python")
     with pytest.raises(PodStartError, match="not ready after 1 s"):
         await backend.wait_ready(pod, 1)
@@ -152,7 +158,7 @@ async def test_runners_die_with_a_killed_gateway(tmp_path, sandboxed):
         GATEWAY,
         str(tmp_path / "gw"),
         "1" if sandboxed else "0",
-        json.dumps(RUNNER_COMMAND),
+        json.dumps(FAKE_RUNNER_COMMAND),
         stdout=asyncio.subprocess.PIPE,
     )
     info = json.loads(await asyncio.wait_for(gateway.stdout.readline(), 30))
