@@ -1,0 +1,3 @@
+"""Constants shared by the Kubernetes backend tests."""
+
+NAMESPACE = "kcr-runners"
