@@ -172,3 +172,21 @@ async def test_events_from_two_channels_stay_separate(shared_runner):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_exit_and_help_become_payloads(channel):
+    _, reply = await channel.execute("exit()")
+    assert reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": False}]
+    _, reply = await channel.execute("len?")
+    page = reply["content"]["payload"][0]
+    assert page["source"] == "page" and "text/plain" in page["data"]
+    _, reply = await channel.execute("1")
+    assert reply["content"]["status"] == "ok"  # the worker is still there
+
+
+async def test_output_between_cells_has_a_null_id(channel):
+    code = "import threading\nthreading.Timer(0.2, lambda: print('late')).start()"
+    _, reply = await channel.execute(code)
+    assert reply["content"]["status"] == "ok"
+    late = await channel.wait_for(lambda f: f.get("id") is None)
+    assert late["event"] == "stream" and late["content"]["text"] == "late\n"
