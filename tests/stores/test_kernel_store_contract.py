@@ -8,8 +8,10 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+import sys
 import time
 import uuid
 
@@ -316,3 +318,38 @@ async def _answers(store: KernelStore) -> bool:
     except StoreUnavailable:
         return False
     return True
+
+
+_CONTENDER = """
+import asyncio, json, sys
+from kcr_kernels.stores import open_kernel_store
+
+async def main(url, owner, ids):
+    store = open_kernel_store(url)
+    won = [k for k in ids if await store.acquire_lease(k, owner, 60)]
+    await store.close()
+    print(json.dumps(won))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
+"""
+
+
+async def test_two_processes_contend_for_leases(store_url):
+    ids = [new_id() for _ in range(30)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CONTENDER, store_url, f"proc-{n}", *ids,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    outputs = [await p.communicate() for p in procs]
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()
+    won = [set(json.loads(out)) for out, _err in outputs]
+    assert won[0].isdisjoint(won[1])
+    assert won[0] | won[1] == set(ids)
+    store = open_kernel_store(store_url)
+    owners = {k: await store.lease_owner(k) for k in ids}
+    await store.close()
+    assert owners == {k: ("proc-0" if k in won[0] else "proc-1") for k in ids}
