@@ -61,3 +61,12 @@ async def test_symlinks_leaving_the_workspace_are_refused(shared_runner, tmp_pat
     assert (await shared_runner.http("DELETE", "/files/link-dir")).code == 403
     listing = json.loads((await shared_runner.http("GET", "/files")).body)["files"]
     assert not any(e["path"].startswith("link-") for e in listing)
+
+
+async def test_ipython_keeps_its_profile_out_of_the_workspace(start_runner, tmp_path):
+    workspace = tmp_path / "home-is-workspace"
+    workspace.mkdir()
+    runner = start_runner(workspace=workspace, env={"HOME": str(workspace)})
+    listing = json.loads((await runner.http("GET", "/files")).body)["files"]
+    assert listing == []
+    assert not (workspace / ".ipython").exists()

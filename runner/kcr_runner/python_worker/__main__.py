@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 
 
 def main() -> None:
@@ -21,6 +22,9 @@ def main() -> None:
     os.dup2(2, 1)  # until capture starts, stray fd-1 output goes to the runner's log
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # IPython creates a profile directory at startup; keep it out of HOME, which a sandbox may
+    # set to the workspace (whose files are synced to the file store).
+    os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="kcr-ipython-"))
 
     from ..worker_protocol import decode
 
