@@ -76,7 +76,7 @@ class SandboxLimits:
       a kernel is long-lived.
     * ``file_size`` -- RLIMIT_FSIZE in bytes: a larger write fails (EFBIG).
     * ``open_files`` -- RLIMIT_NOFILE.
-    * ``tmp_size`` -- size of the private /tmp tmpfs in bytes.
+    * ``tmp_size`` -- size of each private tmpfs (/tmp, /dev/shm) in bytes.
     """
 
     address_space: int | None = 4 * GIB
@@ -301,10 +301,10 @@ class Sandbox:
         if limits:
             args += [self.prlimit, *limits, "--"]
         args += self._bwrap_core()
-        tmpfs = ["--tmpfs", "/tmp"]
-        if self.limits.tmp_size is not None:
-            tmpfs = ["--size", str(self.limits.tmp_size), *tmpfs]
-        args += tmpfs
+        for target in ("/tmp", "/dev/shm"):
+            if self.limits.tmp_size is not None:
+                args += ["--size", str(self.limits.tmp_size)]
+            args += ["--tmpfs", target]
         args += ["--dir", "/etc"]
         for name in _ETC_ALLOWLIST:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
@@ -328,9 +328,10 @@ class Sandbox:
             args += ["--setenv", key, value]
         # The runner's token must never reach user code.
         args += ["--unsetenv", "KCR_RUNNER_TOKEN"]
-        # The sandbox's root is a tmpfs bwrap builds; make it read-only too, so
-        # /work, /tmp (and /dev/shm, private to the sandbox) are the only writable places.
-        args += ["--remount-ro", "/", "--"]
+        # The sandbox's root and /dev are tmpfs mounts bwrap builds; make them read-only
+        # too, so /work, /tmp and /dev/shm (both private, size-capped) are the only
+        # writable places. Device nodes (/dev/null, ...) stay usable.
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]
         return args
 
 

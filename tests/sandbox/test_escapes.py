@@ -82,7 +82,10 @@ print(json.dumps({{"open": r, "tmp": os.listdir("/tmp")}}))
         out = await run_json(pod, code)
     finally:
         secret.unlink()
-    assert out == {"open": "FileNotFoundError", "tmp": []}
+    assert out["open"] == "FileNotFoundError"
+    # The pod's /tmp is its own: none of the host's /tmp entries are there.
+    host_tmp = set(os.listdir("/tmp"))
+    assert not host_tmp & set(out["tmp"]), out["tmp"]
 
 
 async def test_cannot_see_host_processes(pod_factory):
@@ -106,7 +109,7 @@ print(json.dumps({"me": os.getpid(), "procs": procs}))
 WRITE_EVERYWHERE = """
 import json, os, sys
 targets = ["/x", "/usr/x", "/etc/x", "/etc/passwd", "/opt/kcr/src/x", sys.prefix + "/x",
-           sys.base_prefix + "/x", "/root/x"]
+           sys.base_prefix + "/x", "/root/x", "/dev/x"]
 out = {}
 for t in targets:
     try:
@@ -118,6 +121,10 @@ for t in targets:
 with open("/work/ok.txt", "w") as f:
     f.write("fine")
 with open("/tmp/private.txt", "w") as f:
+    f.write("fine")
+with open("/dev/shm/private.txt", "w") as f:
+    f.write("fine")
+with open("/dev/null", "w") as f:
     f.write("fine")
 print(json.dumps(out))
 """
