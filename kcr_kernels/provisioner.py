@@ -1,0 +1,273 @@
+"""``kcr-provisioner``: jupyter_client kernel provisioner for kcr kernels.
+
+Registered in the ``jupyter_client.kernel_provisioners`` entry-point group and
+named by the ``kcr-*`` kernelspecs::
+
+    "metadata": {"kernel_provisioner": {"provisioner_name": "kcr-provisioner",
+                                        "config": {"gateway_url": "http://gw:8888"}}}
+
+It launches the local bridge kernel (:mod:`kcr_kernels.bridge`) that serves the
+kernel over ZMQ. With a gateway (``gateway_url`` in the config, or
+``$KCR_GATEWAY_URL``) the provisioner first creates the kernel on the gateway
+(``POST /api/kernels`` with the ``KERNEL_*`` environment), so a refused start
+(unknown kernelspec, pool exhausted, bad token) fails ``start_kernel`` with the
+gateway's reason, and hands its id to the bridge. Without a gateway the bridge
+runs a sandboxed local runner of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, Float, Unicode, default
+
+from .bridge import kernel_env
+
+
+class GatewayRequestError(RuntimeError):
+    """A call to the gateway failed; the message names the call and the gateway's reason."""
+
+
+def _gateway_call(
+    method: str, url: str, token: str, payload: dict | None = None, timeout: float = 60.0
+) -> dict | None:
+    """One blocking JSON call on the gateway's REST API (run it in a thread)."""
+    body = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+    except urllib.error.HTTPError as e:
+        detail = ""
+        with contextlib.suppress(Exception):
+            detail = json.loads(e.read()).get("message", "")
+        raise GatewayRequestError(f"{method} {url} failed: HTTP {e.code} {detail}".rstrip())
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise GatewayRequestError(f"{method} {url} failed: the gateway is unreachable ({reason})")
+    return json.loads(data) if data else None
+
+
+class KCRProvisioner(LocalProvisioner):
+    """Provisions kcr kernels: a local bridge process in front of a gateway or local pod.
+
+    Built on jupyter_client's ``LocalProvisioner`` (itself a
+    ``KernelProvisionerBase``), which already writes the connection file and
+    manages a local process; this class adds the remote kernel around it.
+
+    Contract:
+
+    * :meth:`launch_kernel` creates the gateway kernel (gateway mode) and
+      starts ``python -m kcr_kernels.bridge``; the returned connection info is
+      the bridge's.
+    * :meth:`poll` only checks the bridge process (no network call).
+    * :meth:`send_signal` signals the bridge: SIGINT interrupts the remote
+      cell, SIGTERM shuts the kernel down, SIGKILL kills the bridge (the
+      remote kernel is then deleted by :meth:`cleanup`).
+    * :meth:`cleanup` deletes the gateway kernel if the bridge could not
+      (a 404 is fine) and removes the local pod's folder.
+    * :meth:`get_provisioner_info` / :meth:`load_provisioner_info` carry the
+      bridge pid, the gateway URL and the remote kernel id, so another
+      process (a restarted Jupyter Server) can find, signal and clean up the
+      running kernel. The gateway token is not stored: it comes from the
+      configuration or ``$KCR_GATEWAY_TOKEN`` again.
+    """
+
+    gateway_url = Unicode(
+        config=True, help="kcr gateway URL (default $KCR_GATEWAY_URL; empty: local mode)."
+    )
+    gateway_token = Unicode(config=True, help="Gateway token (default $KCR_GATEWAY_TOKEN).")
+    kernel_name = Unicode(
+        "", config=True, help="Kernelspec to start on the gateway (default kcr-<language>)."
+    )
+    language = Unicode("", config=True, help="Kernel language (default from the kernelspec).")
+    allow_unsandboxed = Bool(
+        config=True,
+        help="Local mode: run without bubblewrap when it is unavailable (NOT isolated). "
+        "Default: $KCR_ALLOW_UNSANDBOXED.",
+    )
+    launch_timeout = Float(60.0, config=True, help="Seconds a kernel start may take.")
+    shutdown_wait_time = Float(
+        10.0, config=True, help="Seconds a graceful shutdown may take (remote kernel included)."
+    )
+    stable_start_time = Float(
+        30.0, config=True, help="Upper bound of a (re)start, pod cold start included."
+    )
+
+    @default("gateway_url")
+    def _gateway_url_default(self) -> str:
+        return os.environ.get("KCR_GATEWAY_URL", "")
+
+    @default("gateway_token")
+    def _gateway_token_default(self) -> str:
+        return os.environ.get("KCR_GATEWAY_TOKEN", "")
+
+    @default("allow_unsandboxed")
+    def _allow_unsandboxed_default(self) -> bool:
+        return os.environ.get("KCR_ALLOW_UNSANDBOXED", "") not in ("", "0", "false")
+
+    remote_kernel_id: str | None = None
+    data_dir: str | None = None
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _language(self) -> str:
+        if self.language:
+            return self.language
+        spec = self.kernel_spec
+        kcr = (spec.metadata or {}).get("kcr", {}) if spec is not None else {}
+        return kcr.get("language") or (spec.language if spec is not None else "") or "python"
+
+    def _gateway(self) -> str:
+        return self.gateway_url.rstrip("/")
+
+    def _kernel_url(self) -> str:
+        return f"{self._gateway()}/api/kernels/{quote(self.remote_kernel_id or '', safe='')}"
+
+    async def _create_remote_kernel(self, env: dict[str, str]) -> str:
+        name = self.kernel_name or f"kcr-{self._language()}"
+        payload = {"name": name, "env": kernel_env(env)}
+        model = await asyncio.to_thread(
+            _gateway_call,
+            "POST",
+            f"{self._gateway()}/api/kernels",
+            self.gateway_token,
+            payload,
+            self.launch_timeout,
+        )
+        return model["id"]
+
+    async def _delete_remote_kernel(self) -> None:
+        if not (self.remote_kernel_id and self.gateway_url):
+            return
+        try:
+            await asyncio.to_thread(
+                _gateway_call, "DELETE", self._kernel_url(), self.gateway_token, None, 10.0
+            )
+        except GatewayRequestError as e:
+            if "HTTP 404" not in str(e):
+                self.log.warning("kcr: could not delete kernel %s: %s", self.remote_kernel_id, e)
+        self.remote_kernel_id = None
+
+    # -- launch --------------------------------------------------------------------
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        env = dict(kwargs.get("env") or os.environ)
+        extra = ["--language", self._language()]
+        if self.gateway_url:
+            try:
+                self.remote_kernel_id = await self._create_remote_kernel(env)
+            except GatewayRequestError as e:
+                raise RuntimeError(f"kcr: the gateway did not start the kernel: {e}") from e
+            extra += ["--gateway-url", self._gateway(), "--kernel-id", self.remote_kernel_id]
+            if self.gateway_token:
+                env["KCR_GATEWAY_TOKEN"] = self.gateway_token
+        else:
+            env.pop("KCR_GATEWAY_URL", None)
+            self.data_dir = tempfile.mkdtemp(prefix="kcr-kernel-")
+            extra += ["--data-dir", self.data_dir, "--start-timeout", str(self.launch_timeout)]
+            if self.allow_unsandboxed:
+                extra.append("--allow-unsandboxed")
+        kwargs["env"] = env
+        try:
+            return await super().launch_kernel([*cmd, *extra], **kwargs)
+        except Exception:
+            await self._delete_remote_kernel()
+            raise
+
+    # -- process -------------------------------------------------------------------
+
+    def _pid_alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @property
+    def has_process(self) -> bool:
+        return self.process is not None or (self.pid is not None and self._pid_alive())
+
+    async def poll(self) -> int | None:
+        if self.process is not None:
+            return self.process.poll()
+        if self.pid is not None and self._pid_alive():
+            return None  # a bridge found again through load_provisioner_info
+        return 0
+
+    async def wait(self) -> int | None:
+        if self.process is not None:
+            return await super().wait()
+        # Not our child (found again through load_provisioner_info): no exit
+        # status to wait on, so poll the pid like LocalProvisioner polls Popen.
+        while await self.poll() is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        self.pid = None
+        return 0
+
+    async def send_signal(self, signum: int) -> None:
+        # Only the bridge: it turns SIGINT into an interrupt of the remote cell.
+        if self.process is not None:
+            self.process.send_signal(signum)
+        elif self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        await self._delete_remote_kernel()
+        if self.data_dir:
+            await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
+            self.data_dir = None
+
+    # -- persistence ---------------------------------------------------------------
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            gateway_url=self._gateway(),
+            remote_kernel_id=self.remote_kernel_id,
+            data_dir=self.data_dir,
+            language=self._language(),
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        if provisioner_info.get("gateway_url"):
+            self.gateway_url = provisioner_info["gateway_url"]
+        self.remote_kernel_id = provisioner_info.get("remote_kernel_id")
+        self.data_dir = provisioner_info.get("data_dir")
+        if provisioner_info.get("language"):
+            self.language = provisioner_info["language"]
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, self.shutdown_wait_time)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return max(recommended, self.stable_start_time)
