@@ -1,0 +1,92 @@
+"""Jupyter Server with kcr-gateway when the gateway restarts or cannot give a pod in time.
+
+Each test starts its own gateway and server (different pool settings), so
+they do not disturb the shared pair of ``test_gateway_client.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.jupyter_server.client import APIError, KernelChannels, ServerAPI
+from tests.jupyter_server.conftest import GATEWAY_TOKEN, SERVER_TOKEN
+from tests.jupyter_server.servers import GatewayProcess, JupyterServerProcess
+
+
+@pytest.fixture
+def make_pair(tmp_path):
+    """``make_pair(pools, env, server_args)`` -> a started (gateway, server); both stopped after."""
+    started = []
+
+    def make(pools: dict, env: dict | None = None, server_args=()):
+        gateway = GatewayProcess(
+            tmp_path / "gateway", GATEWAY_TOKEN, args=[f"--KCRGateway.pools={json.dumps(pools)}"]
+        )
+        started.append(gateway.start())
+        server = JupyterServerProcess(
+            tmp_path / "jupyter", gateway, SERVER_TOKEN, env=env, args=server_args
+        )
+        started.append(server.start())
+        return gateway, server
+
+    yield make
+    for process in reversed(started):
+        process.stop()
+
+
+async def test_server_survives_a_gateway_restart(make_pair):
+    gateway, server = make_pair({"python": {"warm": 1}})
+    api = ServerAPI(server.url, server.token)
+    old = await api.start_session()
+    old_kernel = old["kernel"]["id"]
+    ch = await KernelChannels.open(api, old_kernel, old["id"])
+    assert (await ch.execute("print('before')")).stdout == "before\n"
+    ch.close()
+
+    gateway.stop()
+    # The server stays up and says clearly that its gateway is unreachable.
+    assert server.proc.poll() is None
+    assert (await api.call("GET", "/api/contents"))["type"] == "directory"
+    with pytest.raises(APIError) as e:
+        await api.call("GET", "/api/kernels")
+    assert e.value.code in (503, 504), e.value
+    assert "Gateway" in e.value.body
+
+    await asyncio.to_thread(gateway.start)
+    # Kernels live in the gateway process: the old one is gone, and the server forgets it.
+    assert old_kernel not in await api.kernel_ids()
+    assert old["id"] not in [s["id"] for s in await api.call("GET", "/api/sessions")]
+
+    new = await api.start_session()
+    ch = await KernelChannels.open(api, new["kernel"]["id"], new["id"])
+    try:
+        assert (await ch.execute("print(1 + 1)")).stdout == "2\n"
+    finally:
+        ch.close()
+        await api.call("DELETE", f"/api/sessions/{new['id']}")
+
+
+async def test_kernel_launch_timeout_from_the_server_bounds_the_wait_for_a_pod(make_pair):
+    # One pod at most and none kept warm: while the first kernel's pod is cold-starting,
+    # a second kernel can only wait for a pod to free up, for KERNEL_LAUNCH_TIMEOUT seconds.
+    _, server = make_pair(
+        {"python": {"warm": 0, "max": 1}},
+        env={"KERNEL_LAUNCH_TIMEOUT": "3"},
+        server_args=["--GatewayClient.request_timeout=5"],
+    )
+    api = ServerAPI(server.url, server.token)
+    results = await asyncio.gather(
+        api.call("POST", "/api/kernels", {"name": "kcr-python"}),
+        api.call("POST", "/api/kernels", {"name": "kcr-python"}),
+        return_exceptions=True,
+    )
+    started = [r for r in results if isinstance(r, dict)]
+    failed = [r for r in results if isinstance(r, APIError)]
+    assert len(started) == 1 and len(failed) == 1, results
+    assert failed[0].code == 503
+    # Jupyter Server 2.x drops the gateway's message from its JSON error; it logs it.
+    assert "no python pod became free within 3 s" in server.log_text()
+    assert await api.kernel_ids() == [started[0]["id"]]
