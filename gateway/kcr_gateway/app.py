@@ -235,7 +235,19 @@ class KCRGateway(JupyterApp):
         self.http_server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self.kernel_manager.start_culler()
+        self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
+
+    async def _become_ready(self) -> None:
+        """Mark the gateway ready (``/readyz``) once every pool has filled."""
+        while True:
+            try:
+                await self.pool.wait_warm(3600)
+                break
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+        self.ready_once = True
+        self.log.info("All pools are warm: the gateway is ready")
 
     def _bind(self):
         from tornado.netutil import bind_sockets
@@ -251,6 +263,8 @@ class KCRGateway(JupyterApp):
         """Stop accepting requests, shut kernels down and delete every pod."""
         if self.http_server is not None:
             self.http_server.stop()
+        if getattr(self, "_ready_task", None) is not None:
+            self._ready_task.cancel()
         if self.kernel_manager is not None:
             self.kernel_manager.stop_culler()
             await self.kernel_manager.shutdown_all()

@@ -79,6 +79,16 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
             )
 
 
+class KernelActionHandler(kernel_handlers.KernelActionHandler):
+    """``POST /api/kernels/{id}/interrupt|restart``; an unknown kernel is a 404, not a 500."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id, action):
+        self.kernel_manager.get_kernel(kernel_id)
+        await super().post(kernel_id, action)
+
+
 class APIVersionHandler(APIHandler):
     """``GET /api``: versions (no auth, like Jupyter Server's)."""
 
@@ -112,18 +122,19 @@ class HealthHandler(APIHandler):
 
 
 class ReadyHandler(APIHandler):
-    """``GET /readyz``: 200 once every pool has at least one warm pod (or is full), else 503."""
+    """``GET /readyz``: 503 until every pool has filled once after start-up, then 200.
+
+    A pool that runs low later does not make the gateway unready: kernels
+    then cold-start, which is slower but works.
+    """
 
     def get(self):
         status = self.settings["kcr_pool"].status()
-        not_ready = [
-            lang for lang, s in status.items() if s.get("target", 0) and not s.get("warm", 0)
-        ]
-        if not_ready and not self.settings["kcr_app"].ready_once:
+        if not self.settings["kcr_app"].ready_once:
+            waiting = [lang for lang, s in status.items() if s.get("warm", 0) < s.get("target", 0)]
             self.set_status(503)
-            self.finish({"status": "starting", "waiting_for": not_ready, "pools": status})
+            self.finish({"status": "starting", "waiting_for": waiting, "pools": status})
             return
-        self.settings["kcr_app"].ready_once = True
         self.finish({"status": "ready", "pools": status})
 
 
@@ -157,7 +168,7 @@ def default_handlers() -> list[tuple]:
         (rf"/api/kernels/{_KERNEL_ID}", kernel_handlers.KernelHandler),
         (
             rf"/api/kernels/{_KERNEL_ID}/(?P<action>restart|interrupt)",
-            kernel_handlers.KernelActionHandler,
+            KernelActionHandler,
         ),
         (rf"/api/kernels/{_KERNEL_ID}/channels", KernelWebsocketHandler),
     ]

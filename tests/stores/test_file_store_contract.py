@@ -16,7 +16,7 @@ import uuid
 
 import boto3
 import pytest
-from services import S3_REGION, free_port
+from tests.services import S3_REGION, free_port
 
 from kcr_kernels.stores import (
     FileEntry,

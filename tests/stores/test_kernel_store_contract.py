@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from services import RedisServer
+from tests.services import RedisServer
 
 from kcr_kernels.stores import (
     InvalidKernelId,
@@ -287,7 +287,7 @@ async def test_redis_going_away_and_coming_back(redis_server):
 
 
 async def test_redis_refusing_connections_is_unavailable():
-    from services import free_port
+    from tests.services import free_port
 
     store = open_kernel_store(f"redis://127.0.0.1:{free_port()}/0", timeout=1)
     with pytest.raises(StoreUnavailable, match="Redis unreachable"):
