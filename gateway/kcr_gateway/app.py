@@ -244,7 +244,7 @@ class KCRGateway(JupyterApp):
             try:
                 await self.pool.wait_warm(3600)
                 break
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
         self.ready_once = True
         self.log.info("All pools are warm: the gateway is ready")

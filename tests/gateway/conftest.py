@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
+from kcr_gateway.app import KCRGateway
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 from traitlets.config import Config
-
-from kcr_gateway.app import KCRGateway
 
 
 async def start_gateway(tmp_path, **traits) -> KCRGateway:

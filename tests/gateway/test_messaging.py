@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+
 from tests.gateway.conftest import WSKernelClient, http, start_kernel, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -161,9 +162,10 @@ async def test_two_clients_both_see_iopub_and_reconnect_keeps_the_kernel(base_ur
         await wait_for(
             lambda: any(m["msg_type"] == "stream" for m in b.unclaimed), 10, "b sees a's output"
         )
-        assert [m for m in b.unclaimed if m["msg_type"] == "stream"][0]["content"][
-            "text"
-        ] == "shared\n"
+        assert (
+            next(m for m in b.unclaimed if m["msg_type"] == "stream")["content"]["text"]
+            == "shared\n"
+        )
         assert r.reply is not None
         a.close()
         a = await WSKernelClient.connect(base_url, kernel_id)

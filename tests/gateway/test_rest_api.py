@@ -3,6 +3,7 @@
 import re
 
 import pytest
+
 from tests.gateway.conftest import http, start_kernel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
