@@ -12,8 +12,9 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -25,7 +26,14 @@ EventCallback = Callable[[str, dict], None]
 
 
 class RunnerError(RuntimeError):
-    """A runner call failed; the message says which call and why."""
+    """A runner call failed; the message says which call and why.
+
+    ``status`` is the runner's HTTP status when it answered with an error, else ``None``.
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class RunnerGone(RunnerError):
@@ -224,7 +232,7 @@ class RunnerClient:
         except HTTPClientError as e:
             if e.code == 599 or e.response is None:
                 raise RunnerGone(f"runner {self.url} unreachable on {method} {path}: {e}") from e
-            raise RunnerError(_error_text(method, path, e)) from e
+            raise RunnerError(_error_text(method, path, e.code, e.response.body), e.code) from e
         except OSError as e:
             raise RunnerGone(f"runner {self.url} unreachable on {method} {path}: {e}") from e
 
@@ -234,6 +242,100 @@ class RunnerClient:
             method, path, body, headers={"Content-Type": "application/json"}, **kw
         )
         return json.loads(response.body) if response.body else None
+
+    async def call_json_body(self, method: str, path: str, body: bytes, **kw) -> Any:
+        """Send raw bytes, parse a JSON answer."""
+        response = await self.call(
+            method, path, body, headers={"Content-Type": "application/octet-stream"}, **kw
+        )
+        return json.loads(response.body) if response.body else None
+
+    # -- streamed workspace files ---------------------------------------------
+
+    async def stream_file_get(
+        self, path: str, on_chunk: Callable[[bytes], Awaitable[None]], *, timeout: float = 3600.0
+    ) -> None:
+        """``GET /files/{path}``, passing the bytes to ``on_chunk`` as they arrive.
+
+        ``on_chunk`` is awaited before more is read (back-pressure), so the file is
+        never held whole. Errors as for :meth:`call`; an error status is raised
+        before ``on_chunk`` sees any byte.
+        """
+        status: dict[str, int] = {}
+        error_body = bytearray()
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                status["code"] = int(line.split()[1])
+
+        async def on_body(chunk: bytes) -> None:
+            if status.get("code") == 200:
+                await on_chunk(chunk)
+            elif len(error_body) < 4096:
+                error_body.extend(chunk[:4096])
+
+        await self._stream(
+            "GET",
+            path,
+            timeout,
+            header_callback=on_header,
+            streaming_callback=on_body,
+            error_body=error_body,
+        )
+
+    async def stream_file_put(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+        timeout: float = 3600.0,
+    ) -> None:
+        """``PUT /files/{path}`` with the body taken from ``chunks`` as it is sent.
+
+        ``size`` becomes the Content-Length (else the body is chunked). Errors as
+        for :meth:`call`.
+        """
+
+        async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
+            async for chunk in chunks:
+                if chunk:
+                    await write(chunk)
+
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        await self._stream("PUT", path, timeout, body_producer=produce, headers=headers)
+
+    async def _stream(
+        self, method: str, path: str, timeout: float, *, error_body=None, headers=None, **kw
+    ) -> None:
+        url_path = "/files/" + quote(path, safe="/")
+        request = HTTPRequest(
+            self.url + url_path,
+            method=method,
+            headers={**self._auth_headers(), **(headers or {})},
+            request_timeout=timeout,
+            connect_timeout=min(10.0, timeout),
+            decompress_response=False,
+            **kw,
+        )
+        # A client of its own: the shared one buffers at most 100 MB per body and
+        # queues requests behind others; this one streams any size.
+        client = AsyncHTTPClient(force_instance=True, max_body_size=1 << 50)
+        try:
+            response = await client.fetch(request, raise_error=False)
+        except OSError as e:
+            raise RunnerGone(f"runner {self.url} unreachable on {method} {url_path}: {e}") from e
+        finally:
+            client.close()
+        if response.code == 599:
+            raise RunnerGone(
+                f"runner {self.url} unreachable on {method} {url_path}: {response.error}"
+            )
+        if response.code >= 400:
+            body = bytes(error_body) if error_body is not None else response.body
+            raise RunnerError(_error_text(method, url_path, response.code, body), response.code)
 
     async def healthz(self, timeout: float = 5.0) -> dict:
         return await self.call_json("GET", "/healthz", timeout=timeout)
@@ -248,11 +350,10 @@ class RunnerClient:
         await self.call_json("POST", "/env", env, timeout=10.0)
 
 
-def _error_text(method: str, path: str, e: HTTPClientError) -> str:
+def _error_text(method: str, path: str, code: int, body: bytes | None) -> str:
     detail = ""
     try:
-        body = json.loads(e.response.body)
-        detail = body.get("message") or body.get("reason") or ""
+        detail = json.loads(body).get("message") or json.loads(body).get("reason") or ""
     except Exception:
-        detail = (e.response.body or b"")[:200].decode(errors="replace")
-    return f"runner call {method} {path} failed with HTTP {e.code}: {detail}".rstrip(": ")
+        detail = (body or b"")[:200].decode(errors="replace")
+    return f"runner call {method} {path} failed with HTTP {code}: {detail}".rstrip(": ")

@@ -75,7 +75,7 @@ class KernelSession:
         on_shutdown: Callable[[bool], Awaitable[None]] | None = None,
         on_activity: Callable[[str], None] | None = None,
         before_request: Callable[[], Awaitable[None]] | None = None,
-        after_execute: Callable[[], None] | None = None,
+        after_execute: Callable[[dict], Awaitable[None]] | None = None,
     ):
         self.kernel_id = kernel_id
         self.msg_factory = Session(username=username, key=b"")
@@ -106,6 +106,11 @@ class KernelSession:
         if self._worker is None:
             self._worker = asyncio.create_task(self._shell_loop())
         self.set_state("idle")
+
+    @property
+    def idle(self) -> bool:
+        """No shell request is running or queued."""
+        return self._current is None and self._queue.empty()
 
     def detach_runner(self) -> RunnerClient | None:
         runner, self.runner = self.runner, None
@@ -193,7 +198,7 @@ class KernelSession:
         msg_type = msg["header"]["msg_type"]
         parent = msg["header"]
         channel = msg.get("channel") or "shell"
-        idle_now = self._current is None and self._queue.empty()
+        idle_now = self.idle
         if idle_now:
             self.publish("status", {"execution_state": "busy"}, parent)
         try:
@@ -373,7 +378,10 @@ class KernelSession:
             metadata={"status": reply_content.get("status", "ok")},
         )
         if self.after_execute is not None:
-            self.after_execute()
+            try:
+                await self.after_execute(reply_content)
+            except Exception:
+                log.exception("kernel %s: after-execute hook failed", self.kernel_id)
         return reply_content.get("status") == "error" and bool(stop_on_error) and not silent
 
     def _died(self, error: RunnerError, parent: dict) -> dict:

@@ -27,6 +27,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
 from kcr_kernels.pool import PodPool, PoolConfig
+from kcr_kernels.stores import StoreError, open_kernel_store
 
 from . import __version__
 from .handlers import NotFoundHandler, default_handlers
@@ -116,6 +117,24 @@ class KCRGateway(JupyterApp):
     def _data_dir_default(self) -> str:
         return str(Path(jupyter_data_dir()) / "kcr")
 
+    # -- stores -----------------------------------------------------------------
+    kernel_store_url = Unicode(
+        config=True,
+        help="Kernel registry + state store: redis://host:6379/0 or sqlite:///path/kcr.db. "
+        "Default: $KCR_REGISTRY_URL, else sqlite in data_dir.",
+    )
+
+    @default("kernel_store_url")
+    def _kernel_store_url_default(self) -> str:
+        return os.environ.get("KCR_REGISTRY_URL") or f"sqlite:///{Path(self.data_dir) / 'kcr.db'}"
+
+    state_ttl = Float(
+        30 * 24 * 3600.0, config=True, help="Seconds a saved kernel state is kept (0: forever)."
+    )
+    max_state_bytes = Integer(
+        512 * 1024 * 1024, config=True, help="Largest kernel state the store accepts."
+    )
+
     def __init__(self, **kw):
         super().__init__(**kw)
         self.ready_once = False
@@ -171,10 +190,19 @@ class KCRGateway(JupyterApp):
         self.kernel_spec_manager = KCRKernelSpecManager(
             parent=self, languages=[c.language for c in configs]
         )
+        try:
+            self.kernel_store = open_kernel_store(
+                self.kernel_store_url,
+                state_ttl=self.state_ttl or None,
+                max_state_bytes=self.max_state_bytes or None,
+            )
+        except StoreError as e:
+            raise StartupError(f"bad kernel_store_url: {e}")
         self.kernel_manager = KCRKernelManager(
             parent=self,
             log=self.log,
             pool=self.pool,
+            store=self.kernel_store,
             kernel_spec_manager=self.kernel_spec_manager,
             default_kernel_name=self.default_kernel_name,
             start_timeout=self.pod_start_timeout,
@@ -219,6 +247,11 @@ class KCRGateway(JupyterApp):
         """Start pools, kernel manager and HTTP server; returns once listening."""
         AsyncHTTPClient.configure(None, max_clients=1024)
         self.init_components()
+        await asyncio.to_thread(Path(self.data_dir).mkdir, parents=True, exist_ok=True)
+        try:
+            await self.kernel_store.ping()
+        except StoreError as e:
+            raise StartupError(f"the kernel store is unreachable: {e}")
         await self.pool.start()
         self.identity_provider.validate_security(self)
         app = self.make_web_app()
@@ -234,7 +267,7 @@ class KCRGateway(JupyterApp):
             raise StartupError(f"cannot listen on {self.ip}:{self.port}: {e.strerror or e}")
         self.http_server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
-        self.kernel_manager.start_culler()
+        self.kernel_manager.start_background()
         self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
 
@@ -260,18 +293,20 @@ class KCRGateway(JupyterApp):
         return f"http://{host}:{self.port}{self.base_url}"
 
     async def stop_async(self) -> None:
-        """Stop accepting requests, shut kernels down and delete every pod."""
+        """Stop serving; hibernate kernels (they stay in the registry) and delete every pod."""
         if self.http_server is not None:
             self.http_server.stop()
         if getattr(self, "_ready_task", None) is not None:
             self._ready_task.cancel()
         if self.kernel_manager is not None:
-            self.kernel_manager.stop_culler()
-            await self.kernel_manager.shutdown_all()
+            self.kernel_manager.stop_background()
+            await self.kernel_manager.detach_all()
         if self.pool is not None:
             await self.pool.stop()
         if getattr(self, "backend_impl", None) is not None:
             await self.backend_impl.close()
+        if getattr(self, "kernel_store", None) is not None:
+            await self.kernel_store.close()
 
     def start(self) -> None:
         super().start()
@@ -288,7 +323,7 @@ class KCRGateway(JupyterApp):
             await self.stop_async()
             raise StartupError(str(e)) from e
         await stop.wait()
-        self.log.info("Shutting down: deleting pods")
+        self.log.info("Shutting down: hibernating kernels and deleting pods")
         await self.stop_async()
 
 

@@ -12,7 +12,7 @@ import json
 
 import jupyter_server
 from jupyter_core.utils import ensure_async
-from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.kernelspecs.handlers import KernelSpecResourceHandler
 from jupyter_server.services.kernels import handlers as kernel_handlers
@@ -63,7 +63,7 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
         location = url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
         self.set_header("Location", location)
         self.set_status(201)
-        self.finish(json.dumps(km.kernel_model(kernel_id)))
+        self.finish(json.dumps(await km.kernel_model(kernel_id)))
 
     def _check_limits(self, username: str) -> None:
         km = self.kernel_manager
@@ -85,8 +85,17 @@ class KernelActionHandler(kernel_handlers.KernelActionHandler):
     @web.authenticated
     @authorized
     async def post(self, kernel_id, action):
-        self.kernel_manager.get_kernel(kernel_id)
+        await self.kernel_manager.adopt(kernel_id)
         await super().post(kernel_id, action)
+
+
+class KernelChannelsHandler(KernelWebsocketHandler):
+    """The kernel WebSocket; the kernel may first need loading from the registry."""
+
+    @ws_authenticated
+    async def get(self, kernel_id):
+        await self.kernel_manager.adopt(kernel_id)
+        await super().get(kernel_id)
 
 
 class APIVersionHandler(APIHandler):
@@ -170,7 +179,7 @@ def default_handlers() -> list[tuple]:
             rf"/api/kernels/{_KERNEL_ID}/(?P<action>restart|interrupt)",
             KernelActionHandler,
         ),
-        (rf"/api/kernels/{_KERNEL_ID}/channels", KernelWebsocketHandler),
+        (rf"/api/kernels/{_KERNEL_ID}/channels", KernelChannelsHandler),
     ]
     return [
         (r"/api/?", APIVersionHandler),

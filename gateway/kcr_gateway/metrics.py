@@ -22,3 +22,9 @@ POOL_PODS = Gauge(
     ["language", "state"],
 )
 KERNELS = Gauge("kcr_kernels", "Kernels known to this gateway.")
+CHECKPOINTS = Counter("kcr_checkpoints_total", "Kernel state checkpoints.", ["outcome"])
+CHECKPOINT_BYTES = Histogram(
+    "kcr_checkpoint_bytes",
+    "Size of saved kernel state blobs.",
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+)
