@@ -558,7 +558,9 @@ class KCRKernelManager(LoggingConfigurable):
         kernel = await self.adopt(kernel_id)
         session = kernel.session
         async with kernel.lock:
-            session.set_state("restarting")
+            # "starting", as a freshly started kernel says: on iopub, "restarting" tells
+            # JupyterLab the kernel died and was auto-restarted ("appears to have died").
+            session.set_state("starting")
             session.reset_queue("the kernel was restarted")
             await self._take_lease(kernel)
             await self._drop_pod(kernel)
