@@ -199,7 +199,12 @@ class KCRProvisioner(LocalProvisioner):
             return False
         except PermissionError:
             return True
-        return True
+        # An exited process its (other) parent has not reaped yet is a zombie: gone.
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+        except OSError:
+            return True  # no /proc (not Linux): trust kill(0)
 
     @property
     def has_process(self) -> bool:
