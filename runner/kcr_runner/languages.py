@@ -213,7 +213,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
     ),
     "r": LanguageSpec(
         name="r",
-        worker_argv=_python_module("kcr_runner.r_worker"),
+        worker_argv=_compiled("r"),
         kernel_info=_info(
             "R",
             pretty="R",
@@ -224,9 +224,15 @@ LANGUAGES: dict[str, LanguageSpec] = {
             pygments_lexer="r",
             help_url="https://cran.r-project.org/manuals.html",
         ),
-        persists="the global environment: variables, functions, attached packages (one R process)",
-        toolchain=("R",),
+        persists="workspace files only (each cell is a new Rscript run)",
+        toolchain=("Rscript",),
         sandbox_paths=("/etc/R",),
+        program=ProgramSpec(
+            source="main.R",
+            run=["Rscript", "--no-save", "--no-restore", "{src}"],
+            compile=["Rscript", "-e", "invisible(parse('{src}'))"],
+            env={"R_DEFAULT_DEVICE": "png"},
+        ),
         display_name="R (kcr)",
     ),
     "go": LanguageSpec(
