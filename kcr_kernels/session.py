@@ -103,8 +103,7 @@ class KernelSession:
         if kernel_info is None:
             kernel_info = await runner.kernel_info()
         self.kernel_info = kernel_info
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._shell_loop())
+        self._ensure_shell_loop()
         self.set_state("idle")
 
     @property
@@ -193,6 +192,13 @@ class KernelSession:
             asyncio.ensure_future(self._handle_stdin(msg))
         else:
             self._queue.put_nowait((listener, msg))
+            # A session that never had a runner (a kernel adopted from the registry after a
+            # gateway restart) runs its queue too: before_request puts it on a pod.
+            self._ensure_shell_loop()
+
+    def _ensure_shell_loop(self) -> None:
+        if self._worker is None and not self._closed:
+            self._worker = asyncio.create_task(self._shell_loop())
 
     async def _handle_control(self, listener: KernelListener, msg: dict) -> None:
         msg_type = msg["header"]["msg_type"]
