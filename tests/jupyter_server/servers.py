@@ -175,7 +175,14 @@ class JupyterServerProcess(ManagedProcess):
         self.root_dir = self.workdir / "notebooks"
         self.root_dir.mkdir(exist_ok=True)
 
+    #: Fail fast in tests when the gateway is gone instead of retrying for minutes.
+    DEFAULT_ARGS = (
+        "--GatewayClient.gateway_retry_max=2",
+        "--GatewayClient.gateway_retry_interval=0.5",
+    )
+
     def command(self) -> list[str]:
+        overridden = {a.split("=")[0] for a in self.args}
         return [
             sys.executable,
             "-m",
@@ -188,9 +195,7 @@ class JupyterServerProcess(ManagedProcess):
             f"--gateway-url={self.gateway.url}",
             f"--GatewayClient.auth_token={self.gateway.token}",
             f"--IdentityProvider.token={self.token}",
-            # Fail fast in tests when the gateway is gone instead of retrying for minutes.
-            "--GatewayClient.gateway_retry_max=2",
-            "--GatewayClient.gateway_retry_interval=0.5",
+            *[d for d in self.DEFAULT_ARGS if d.split("=")[0] not in overridden],
             *self.args,
         ]
 

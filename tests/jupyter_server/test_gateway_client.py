@@ -143,11 +143,13 @@ async def test_restart_gives_a_fresh_namespace_on_the_same_websocket(api, gatewa
 
         restarted = await api.call("POST", f"/api/kernels/{kernel_id}/restart")
         assert restarted["id"] == kernel_id
+        # A requested restart says "starting" (like a new kernel), never "restarting":
+        # JupyterLab takes "restarting" for an automatic restart after a crash.
         await ch.wait_for(
             lambda m: (
-                m.get("msg_type") == "status" and m["content"]["execution_state"] == "restarting"
+                m.get("msg_type") == "status" and m["content"]["execution_state"] == "starting"
             ),
-            what="restarting status",
+            what="starting status",
         )
 
         run = await ch.execute("print(secret)")
@@ -157,6 +159,9 @@ async def test_restart_gives_a_fresh_namespace_on_the_same_websocket(api, gatewa
         assert kernel_id in await api.kernel_ids()
         after = await gateway_api.call("GET", "/api/kcr/pools")
         assert after["python"]["leased"] == before["python"]["leased"]
+        assert "restarting" not in [
+            m["content"]["execution_state"] for m in ch.received if m.get("msg_type") == "status"
+        ]
 
 
 async def test_restart_through_shutdown_request_on_the_websocket(api):

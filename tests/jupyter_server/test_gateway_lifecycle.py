@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.jupyter_server.client import APIError, KernelChannels, ServerAPI
+from tests.jupyter_server.client import APIError, KernelChannels, ServerAPI, poll_until
 from tests.jupyter_server.conftest import GATEWAY_TOKEN, SERVER_TOKEN
 from tests.jupyter_server.servers import GatewayProcess, JupyterServerProcess
 
@@ -37,36 +37,50 @@ def make_pair(tmp_path):
         process.stop()
 
 
-async def test_server_survives_a_gateway_restart(make_pair):
-    gateway, server = make_pair({"python": {"warm": 1}})
+async def test_gateway_restart_under_a_running_server_keeps_kernels(make_pair):
+    gateway, server = make_pair(
+        {"python": {"warm": 1}},
+        # Let the server's kernel WebSocket to the gateway retry through the restart.
+        server_args=[
+            "--GatewayClient.gateway_retry_max=30",
+            "--GatewayClient.gateway_retry_interval=0.2",
+            "--GatewayClient.gateway_retry_interval_max=1",
+        ],
+    )
     api = ServerAPI(server.url, server.token)
-    old = await api.start_session()
-    old_kernel = old["kernel"]["id"]
-    ch = await KernelChannels.open(api, old_kernel, old["id"])
-    assert (await ch.execute("print('before')")).stdout == "before\n"
-    ch.close()
-
-    gateway.stop()
-    # The server stays up and says clearly that its gateway is unreachable.
-    assert server.proc.poll() is None
-    assert (await api.call("GET", "/api/contents"))["type"] == "directory"
-    with pytest.raises(APIError) as e:
-        await api.call("GET", "/api/kernels")
-    assert e.value.code in (503, 504), e.value
-    assert "Gateway" in e.value.body
-
-    await asyncio.to_thread(gateway.start)
-    # Kernels live in the gateway process: the old one is gone, and the server forgets it.
-    assert old_kernel not in await api.kernel_ids()
-    assert old["id"] not in [s["id"] for s in await api.call("GET", "/api/sessions")]
-
-    new = await api.start_session()
-    ch = await KernelChannels.open(api, new["kernel"]["id"], new["id"])
+    gateway_api = ServerAPI(gateway.url, gateway.token)
+    model = await api.start_session()
+    kernel_id = model["kernel"]["id"]
+    ch = await KernelChannels.open(api, kernel_id, model["id"])
     try:
-        assert (await ch.execute("print(1 + 1)")).stdout == "2\n"
+        assert (await ch.execute("value = 'kept'; print('before')")).stdout == "before\n"
+
+        gateway.stop()
+        # The server stays up and says clearly that its gateway is unreachable.
+        assert server.proc.poll() is None
+        assert (await api.call("GET", "/api/contents"))["type"] == "directory"
+        with pytest.raises(APIError) as e:
+            await api.call("GET", "/api/kernels")
+        assert e.value.code in (503, 504), e.value
+        assert "Gateway" in e.value.body
+
+        await asyncio.to_thread(gateway.start)
+        # The kernel outlived the gateway process (durable kernels) ...
+        assert kernel_id in await api.kernel_ids()
+        # ... the server's WebSocket found its way back to it, and its variables are there.
+        await poll_until(
+            lambda: _gateway_connections(gateway_api, kernel_id),
+            what="the server reconnecting its kernel WebSocket to the gateway",
+        )
+        run = await ch.execute("print(value)")
+        assert run.stdout == "kept\n", run
     finally:
         ch.close()
-        await api.call("DELETE", f"/api/sessions/{new['id']}")
+        await api.call("DELETE", f"/api/sessions/{model['id']}")
+
+
+async def _gateway_connections(gateway_api: ServerAPI, kernel_id: str) -> int:
+    return (await gateway_api.call("GET", f"/api/kernels/{kernel_id}"))["connections"]
 
 
 async def test_kernel_launch_timeout_from_the_server_bounds_the_wait_for_a_pod(make_pair):
