@@ -263,7 +263,8 @@ class GatewayKernel:
         if self._closing or ws is not self.ws:
             return
         self.ws = None
-        asyncio.ensure_future(self._reconnect(ws.close_reason or f"code {ws.close_code}"))
+        why = ws.close_reason or (f"code {ws.close_code}" if ws.close_code else "connection cut")
+        asyncio.ensure_future(self._reconnect(why))
 
     def _deliver(self, frame: bytes | str) -> None:
         if isinstance(frame, str):
