@@ -46,7 +46,7 @@ const output = {
   truncated: false,
   lastFlush: 0,
   timer: null,
-  begin(id) { this.requestId = id; this.cellChars = 0; this.truncated = false; },
+  begin(id) { this.requestId = id; this.cellChars = 0; this.truncated = false; this.lastFlush = 0; },
   write(name, text) {
     if (!text || this.truncated) return;
     const room = this.maxChars - this.cellChars;
