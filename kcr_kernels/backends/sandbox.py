@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kcr_runner.languages import sandbox_read_only_paths
+
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -310,6 +312,10 @@ class Sandbox:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hosts"):
             args += ["--ro-bind", str(self.etc_dir / name), f"/etc/{name}"]
+        # Toolchain configuration outside /usr that the language table names (Java's
+        # /etc/java-17-openjdk, R's /etc/R, ...): read-only, only where it exists.
+        for path in sandbox_read_only_paths():
+            args += ["--ro-bind-try", path, path]
         for src, dest in ro:
             args += ["--ro-bind", src, dest]
         pythonpath = [dest for _src, dest in ro if dest.startswith(SANDBOX_SRC + "/")]

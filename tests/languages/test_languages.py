@@ -25,14 +25,14 @@ CASES = {
     "javascript": Case(
         hello='console.log("hello kcr")',
         error='throw new RangeError("boom")',
-        stream='console.log("first"); await new Promise(r => setTimeout(r, 1500)); console.log("second")',
+        stream='console.log("first"); await new Promise(r => setTimeout(r, 1500)); console.log("second")',  # noqa: E501  # noqa: E501
         loop='console.log("looping"); for (;;) {}',
         state=("var x = 41; function inc(v) { return v + 1 }", "console.log(inc(x))"),
     ),
     "typescript": Case(
         hello='const greeting: string = "hello kcr"; console.log(greeting)',
         error="let n: number = ;",
-        stream='console.log("first"); await new Promise(r => setTimeout(r, 1500)); console.log("second")',
+        stream='console.log("first"); await new Promise(r => setTimeout(r, 1500)); console.log("second")',  # noqa: E501  # noqa: E501
         loop='console.log("looping"); while (true) {}',
         state=("var x: number = 41;", "console.log(x + 1)"),
     ),
@@ -48,25 +48,27 @@ CASES = {
         error="int x = ;",
         stream='printf("first\\n"); fflush(stdout); sleep(2); printf("second\\n");',
         loop='printf("looping\\n"); fflush(stdout); for (;;) {}',
-        files=('FILE *f = fopen("f.txt", "w"); fputs("kept", f); fclose(f);',
-               'char b[16] = {0}; FILE *f = fopen("f.txt", "r"); fgets(b, 16, f); puts(b);'),
+        files=(
+            'FILE *f = fopen("f.txt", "w"); fputs("kept", f); fclose(f);',
+            'char b[16] = {0}; FILE *f = fopen("f.txt", "r"); fgets(b, 16, f); puts(b);',
+        ),
     ),
     "cpp": Case(
         hello='cout << "hello kcr" << endl;',
         error="undeclared_thing();",
-        stream='cout << "first" << endl; this_thread::sleep_for(chrono::milliseconds(1500)); cout << "second" << endl;',
+        stream='cout << "first" << endl; this_thread::sleep_for(chrono::milliseconds(1500)); cout << "second" << endl;',  # noqa: E501
         loop='cout << "looping" << endl; for (;;) {}',
     ),
     "go": Case(
         hello='fmt.Println("hello kcr")',
-        error='var s []int\nfmt.Println(s[3])',
+        error="var s []int\nfmt.Println(s[3])",
         stream='fmt.Println("first")\ntime.Sleep(1500 * time.Millisecond)\nfmt.Println("second")',
         loop='fmt.Println("looping")\nfor {}',
     ),
     "rust": Case(
         hello='println!("hello kcr");',
-        error="let x: i32 = \"no\";",
-        stream='println!("first"); std::thread::sleep(std::time::Duration::from_millis(1500)); println!("second");',
+        error='let x: i32 = "no";',
+        stream='println!("first"); std::thread::sleep(std::time::Duration::from_millis(1500)); println!("second");',  # noqa: E501
         loop='println!("looping"); loop {}',
     ),
     "java": Case(
@@ -96,7 +98,7 @@ CASES = {
     "d": Case(
         hello='writeln("hello kcr");',
         error='throw new Exception("boom");',
-        stream='import core.thread; writeln("first"); stdout.flush(); Thread.sleep(dur!"msecs"(1500)); writeln("second");',
+        stream='import core.thread; writeln("first"); stdout.flush(); Thread.sleep(dur!"msecs"(1500)); writeln("second");',  # noqa: E501
         loop='writeln("looping"); stdout.flush(); while (true) {}',
     ),
 }
@@ -154,9 +156,11 @@ async def test_interrupt_stops_a_running_cell(language_runner):
     try:
         request = await channel.send("execute", {"code": CASES[_lang(language_runner)].loop})
         await channel.wait_for(
-            lambda f: f.get("id") == request
-            and f.get("event") == "stream"
-            and "looping" in f["content"]["text"],
+            lambda f: (
+                f.get("id") == request
+                and f.get("event") == "stream"
+                and "looping" in f["content"]["text"]
+            ),
             90,
         )
         response = await language_runner.http("POST", "/interrupt")
