@@ -30,7 +30,7 @@ CASES = {
         state=("var x = 41; function inc(v) { return v + 1 }", "console.log(inc(x))"),
     ),
     "typescript": Case(
-        hello='const greeting: string = "hello kcr"; console.log(greeting)',
+        hello='var greeting: string = "hello kcr"; console.log(greeting as string)',
         error="let n: number = ;",
         stream='console.log("first"); await new Promise(r => setTimeout(r, 1500)); console.log("second")',  # noqa: E501  # noqa: E501
         loop='console.log("looping"); while (true) {}',

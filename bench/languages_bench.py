@@ -1,0 +1,75 @@
+"""Median round trip of a trivial cell per language through a real runner.
+
+    python bench/languages_bench.py [--executes 10] [--languages c,go,...]
+
+Languages whose toolchain is missing are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kcr_runner.languages import LANGUAGES
+
+from tests.runner.conftest import RunnerProcess
+
+TRIVIAL = {
+    "python": "1",
+    "javascript": "1",
+    "typescript": "const a: number = 1; a",
+    "bash": "true",
+    "c": "int a = 1; (void)a;",
+    "cpp": "int a = 1; (void)a;",
+    "go": "_ = 1",
+    "rust": "let _a = 1;",
+    "java": "int a = 1;",
+    "php": "$a = 1;",
+    "r": "a <- 1",
+    "fortran": "integer :: a\na = 1",
+    "d": "int a = 1;",
+}
+
+
+async def bench(language: str, executes: int) -> list[float]:
+    runner = RunnerProcess(Path(tempfile.mkdtemp()), "--language", language)
+    try:
+        channel = await runner.channel()
+        await channel.execute(TRIVIAL[language], timeout=120)  # warm-up (caches, JIT)
+        times = []
+        for _ in range(executes):
+            start = time.perf_counter()
+            _, reply = await channel.execute(TRIVIAL[language], timeout=120)
+            times.append(time.perf_counter() - start)
+            assert reply["content"]["status"] == "ok", reply
+        await channel.close()
+        return times
+    finally:
+        runner.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--executes", type=int, default=10)
+    parser.add_argument("--languages", default=",".join(LANGUAGES))
+    args = parser.parse_args()
+    print(f"{'language':<12} {'median ms':>10} {'min ms':>8}  (n={args.executes})")
+    for language in args.languages.split(","):
+        missing = [t for t in LANGUAGES[language].toolchain if shutil.which(t) is None]
+        if missing:
+            print(f"{language:<12} skipped: {', '.join(missing)} not installed")
+            continue
+        times = await bench(language, args.executes)
+        print(f"{language:<12} {statistics.median(times) * 1e3:>10.1f} {min(times) * 1e3:>8.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
