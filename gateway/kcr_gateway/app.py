@@ -215,8 +215,14 @@ class KCRGateway(JupyterApp):
         handlers = [
             (url_path_join(self.base_url, pattern), *rest) for pattern, *rest in default_handlers()
         ]
+        import jupyter_server
+        from jinja2 import Environment, FileSystemLoader
+
+        templates = Path(jupyter_server.__file__).parent / "templates"
         settings = dict(
             base_url=self.base_url,
+            # jupyter_server renders its error page for failed WebSocket upgrades.
+            jinja2_env=Environment(loader=FileSystemLoader(str(templates)), autoescape=True),
             kernel_manager=self.kernel_manager,
             kernel_spec_manager=self.kernel_spec_manager,
             kernel_websocket_connection_class=KCRWebsocketConnection,

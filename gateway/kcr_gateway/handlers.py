@@ -12,7 +12,7 @@ import json
 
 import jupyter_server
 from jupyter_core.utils import ensure_async
-from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.kernelspecs.handlers import KernelSpecResourceHandler
 from jupyter_server.services.kernels import handlers as kernel_handlers
@@ -103,6 +103,7 @@ class APIVersionHandler(APIHandler):
 
     auth_resource = "api"
 
+    @allow_unauthenticated
     def get(self):
         self.finish(
             {"version": jupyter_server.__version__, "gateway": "kcr-gateway", "kcr": __version__}
@@ -123,9 +124,7 @@ class PoolsHandler(APIHandler):
 class HealthHandler(APIHandler):
     """``GET /healthz``: the process is alive (liveness probe; no auth)."""
 
-    def check_xsrf_cookie(self):
-        return None
-
+    @allow_unauthenticated
     def get(self):
         self.finish({"status": "ok"})
 
@@ -137,6 +136,7 @@ class ReadyHandler(APIHandler):
     then cold-start, which is slower but works.
     """
 
+    @allow_unauthenticated
     def get(self):
         status = self.settings["kcr_pool"].status()
         if not self.settings["kcr_app"].ready_once:
@@ -150,6 +150,7 @@ class ReadyHandler(APIHandler):
 class MetricsHandler(APIHandler):
     """``GET /metrics``: Prometheus exposition (auth unless ``authenticate_prometheus`` is off)."""
 
+    @allow_unauthenticated
     async def get(self):
         if self.settings.get("authenticate_prometheus", True):
             user = await ensure_async(self.identity_provider.get_user(self))
@@ -167,6 +168,7 @@ class MetricsHandler(APIHandler):
 class NotFoundHandler(APIHandler):
     """Every unknown path: a JSON 404."""
 
+    @allow_unauthenticated
     def prepare(self):
         raise web.HTTPError(404, f"No such endpoint: {self.request.path}")
 

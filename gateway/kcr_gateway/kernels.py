@@ -234,8 +234,9 @@ class KCRKernelManager(LoggingConfigurable):
     async def adopt(self, kernel_id: str) -> RemoteKernel:
         """The kernel, loaded from the registry if this replica has not seen it yet."""
         kernel = self._kernels.get(kernel_id)
-        if kernel is not None:
+        if kernel is not None and kernel.pod is not None:
             return kernel
+        # Not running here: the registry is the truth (another replica may have deleted it).
         try:
             record = await self.store.get_kernel(kernel_id)
         except StoreError as e:
@@ -243,8 +244,11 @@ class KCRKernelManager(LoggingConfigurable):
                 raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
             raise web.HTTPError(503, f"The kernel registry is unavailable: {e}")
         if record is None:
+            stale = self._kernels.pop(kernel_id, None)
+            if stale is not None:
+                await stale.session.close()
             raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
-        kernel = self._kernels.get(kernel_id)  # adopted meanwhile
+        kernel = self._kernels.get(kernel_id)  # known already, or adopted meanwhile
         if kernel is None:
             kernel = self._new_kernel(
                 kernel_id, record.get("name", ""), record.get("env") or {}, record

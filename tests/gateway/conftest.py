@@ -15,13 +15,16 @@ from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 
-async def start_gateway(tmp_path, **traits) -> KCRGateway:
+async def start_gateway(tmp_path, manager: dict | None = None, **traits) -> KCRGateway:
+    """A gateway on 127.0.0.1:<free port>; ``manager`` sets KCRKernelManager traits."""
     config = Config()
     config.KCRGateway.port = 0
     config.KCRGateway.data_dir = str(tmp_path / "kcr")
     config.KCRGateway.pools = {"python": {"warm": 2}}
     for name, value in traits.items():
         setattr(config.KCRGateway, name, value)
+    for name, value in (manager or {}).items():
+        setattr(config.KCRKernelManager, name, value)
     app = KCRGateway(config=config)
     await app.start_async()
     await app.pool.wait_warm(60)
