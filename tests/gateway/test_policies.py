@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -116,17 +117,17 @@ for port in ({gateway.port}, {host_listener}):
     assert r.stdout == f"{gateway.port} blocked\n{host_listener} blocked\n"
 
 
-async def test_user_code_cannot_read_the_hosts_tmp(base_url, tmp_path_factory):
-    secret = f"/tmp/kcr-secret-{uuid.uuid4().hex}"
-    with open(secret, "w") as f:
-        f.write("top secret")
-    try:
-        r = await run(base_url, f"import os; print(os.path.exists({secret!r}))")
-        assert r.stdout == "False\n"
-    finally:
-        import os
+@pytest.fixture
+def host_tmp_secret():
+    path = Path("/tmp") / f"kcr-secret-{uuid.uuid4().hex}"
+    path.write_text("top secret")
+    yield str(path)
+    path.unlink()
 
-        os.unlink(secret)
+
+async def test_user_code_cannot_read_the_hosts_tmp(base_url, host_tmp_secret):
+    r = await run(base_url, f"import os; print(os.path.exists({host_tmp_secret!r}))")
+    assert r.stdout == "False\n"
 
 
 async def test_user_code_cannot_see_host_processes(base_url):
