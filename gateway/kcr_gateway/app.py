@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -27,9 +28,11 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
 from kcr_kernels.pool import PodPool, PoolConfig
-from kcr_kernels.stores import StoreError, open_kernel_store
+from kcr_kernels.stores import StoreError, open_file_store, open_kernel_store
+from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__
+from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers
 from .identity import KCRIdentityProvider
 from .kernels import KCRKernelManager
@@ -97,12 +100,40 @@ class KCRGateway(JupyterApp):
     default_kernel_name = Unicode("kcr-python", config=True, help="Kernelspec used by default.")
 
     # -- pods -------------------------------------------------------------------
-    backend = Unicode("local", config=True, help="Pod backend: 'local' or 'kubernetes'.")
-    pools = Dict(
-        default_value={"python": {"warm": 2, "max": 0}},
+    config_file_json = Unicode(
         config=True,
-        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any)}}.",
+        help="A JSON file with 'backend', 'pools' and 'kubernetes' settings (the Helm chart's "
+        "ConfigMap). Default: $KCR_CONFIG_FILE. Command-line options win over it.",
     )
+
+    @default("config_file_json")
+    def _config_file_json_default(self) -> str:
+        return os.environ.get("KCR_CONFIG_FILE", "")
+
+    def _json_config(self) -> dict:
+        if not self.config_file_json:
+            return {}
+        try:
+            return json.loads(Path(self.config_file_json).read_text())
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot read {self.config_file_json}: {e}")
+
+    backend = Unicode(config=True, help="Pod backend: 'local' (default) or 'kubernetes'.")
+
+    @default("backend")
+    def _backend_default(self) -> str:
+        return os.environ.get("KCR_BACKEND") or self._json_config().get("backend") or "local"
+
+    pools = Dict(
+        config=True,
+        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any)}}. "
+        "Default: {'python': {'warm': 2}}.",
+    )
+
+    @default("pools")
+    def _pools_default(self) -> dict:
+        return self._json_config().get("pools") or {"python": {"warm": 2, "max": 0}}
+
     refill_concurrency = Integer(2, config=True, help="Pods started at once while refilling.")
     pod_start_timeout = Float(30.0, config=True, help="Seconds a pod may take to become ready.")
     allow_unsandboxed = Bool(
@@ -127,6 +158,29 @@ class KCRGateway(JupyterApp):
     @default("kernel_store_url")
     def _kernel_store_url_default(self) -> str:
         return os.environ.get("KCR_REGISTRY_URL") or f"sqlite:///{Path(self.data_dir) / 'kcr.db'}"
+
+    files_url = Unicode(
+        config=True,
+        help="Kernel file store: s3://bucket/prefix or file:///path. "
+        "Default: $KCR_FILES_URL, else a folder in data_dir.",
+    )
+
+    @default("files_url")
+    def _files_url_default(self) -> str:
+        return os.environ.get("KCR_FILES_URL") or f"file://{Path(self.data_dir) / 'files'}"
+
+    s3_endpoint_url = Unicode(
+        config=True,
+        help="S3 endpoint (MinIO, Ceph RGW, moto). Default: boto3's ($AWS_ENDPOINT_URL).",
+    )
+    s3_region = Unicode(config=True, help="S3 region. Default: boto3's ($AWS_DEFAULT_REGION).")
+    s3_create_bucket = Bool(False, config=True, help="Create the S3 bucket when it is missing.")
+    max_file_bytes = Integer(
+        1024**3, config=True, help="Largest single kernel file stored (0: no limit)."
+    )
+    max_kernel_bytes = Integer(
+        10 * 1024**3, config=True, help="Most bytes of files one kernel may store (0: no limit)."
+    )
 
     state_ttl = Float(
         30 * 24 * 3600.0, config=True, help="Seconds a saved kernel state is kept (0: forever)."
@@ -161,9 +215,16 @@ class KCRGateway(JupyterApp):
                     backend.sandboxed = False
             return backend
         if self.backend == "kubernetes":
+            from kcr_kernels.backends.k8s_pod_spec import KubernetesConfig
             from kcr_kernels.backends.kubernetes import KubernetesBackend
 
-            return KubernetesBackend(parent=self, log=self.log)
+            settings = self._json_config().get("kubernetes")
+            if not settings:
+                raise StartupError(
+                    "the kubernetes backend needs its settings: set KCR_CONFIG_FILE "
+                    "(the Helm chart does) or --KCRGateway.config_file_json"
+                )
+            return KubernetesBackend(KubernetesConfig.from_dict(settings))
         raise StartupError(f"unknown backend {self.backend!r}: use 'local' or 'kubernetes'")
 
     def pool_configs(self) -> list[PoolConfig]:
@@ -198,7 +259,23 @@ class KCRGateway(JupyterApp):
             )
         except StoreError as e:
             raise StartupError(f"bad kernel_store_url: {e}")
+        try:
+            file_store = open_file_store(
+                self.files_url,
+                endpoint_url=self.s3_endpoint_url or None,
+                region=self.s3_region or None,
+                create_bucket=self.s3_create_bucket,
+            )
+        except StoreError as e:
+            raise StartupError(f"bad files_url: {e}")
+        self.workspace_sync = WorkspaceSync(
+            file_store,
+            max_file_bytes=self.max_file_bytes or None,
+            max_kernel_bytes=self.max_kernel_bytes or None,
+            log=self.log,
+        )
         self.kernel_manager = KCRKernelManager(
+            files=self.workspace_sync,
             parent=self,
             log=self.log,
             pool=self.pool,
@@ -213,7 +290,8 @@ class KCRGateway(JupyterApp):
 
     def make_web_app(self) -> web.Application:
         handlers = [
-            (url_path_join(self.base_url, pattern), *rest) for pattern, *rest in default_handlers()
+            (url_path_join(self.base_url, pattern), *rest)
+            for pattern, *rest in default_handlers() + files_handlers()
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader
@@ -238,6 +316,7 @@ class KCRGateway(JupyterApp):
             websocket_ping_interval=30,
             kcr_app=self,
             kcr_pool=self.pool,
+            kcr_workspace_sync=self.workspace_sync,
             kcr_list_kernels=self.list_kernels,
             kcr_max_kernels=self.max_kernels,
             kcr_max_kernels_per_user=self.max_kernels_per_user,

@@ -47,6 +47,7 @@ from kcr_kernels.pool import PodPool, PoolExhausted, UnknownLanguage
 from kcr_kernels.runner_client import RunnerClient, RunnerError
 from kcr_kernels.session import KernelSession
 from kcr_kernels.stores import KernelStore, StoreError
+from kcr_kernels.workspace_sync import RestoreFailed
 
 from . import metrics
 
@@ -399,6 +400,10 @@ class KCRKernelManager(LoggingConfigurable):
             if self.files is not None:
                 await self.files.restore(kernel.kernel_id, runner)
             await kernel.session.attach_runner(runner, info)
+        except RestoreFailed as e:
+            runner.close()
+            await self.pool.release(pod)
+            raise web.HTTPError(503, f"The kernel's files could not be restored: {e}")
         except RunnerError as e:
             runner.close()
             await self.pool.release(pod)
