@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import pytest
 
@@ -97,8 +98,6 @@ async def test_kernel_env_forwarding(api):
             "         'ALLOWED_VAR', 'CLIENT_ONLY_VAR', 'KCR_TEST_SECRET']\n"
             "print(json.dumps({n: os.environ.get(n) for n in names}))"
         )
-    import json
-
     seen = json.loads(run.stdout)
     assert seen == {
         "KERNEL_USERNAME": "alice",
@@ -229,3 +228,34 @@ async def test_concurrent_notebooks_are_isolated(api):
         await asyncio.gather(a.execute("who = 'a'"), b.execute("who = 'b'"))
         ra, rb = await asyncio.gather(a.execute("print(who)"), b.execute("print(who)"))
         assert (ra.stdout, rb.stdout) == ("a\n", "b\n")
+
+
+# -- gaps in the Python runner that JupyterLab users meet (runner/kcr_runner is not ours to fix
+#    here; strict xfails, so the fix shows up as XPASS and these markers get removed) ----------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner: WorkerShell has no enable_gui: '%matplotlib inline' raises NotImplementedError",
+)
+async def test_matplotlib_inline_magic(api):
+    async with notebook(api) as (_, ch):
+        run = await ch.execute(
+            "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
+        )
+    assert run.reply["status"] == "ok", run.reply
+    assert "image/png" in run.of_type("display_data")[0]["data"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner: an interrupted cell's traceback ends in the worker's own SIGINT handler",
+)
+async def test_interrupt_traceback_shows_only_user_code(api):
+    async with notebook(api) as (model, ch):
+        msg_id = ch.start_execute("import time\ntime.sleep(30)")
+        await ch.wait_busy(msg_id)
+        await api.call("POST", f"/api/kernels/{model['kernel']['id']}/interrupt")
+        run = await ch.finish_execute(msg_id, timeout=30)
+    traceback = "\n".join(run.of_type("error")[0]["traceback"])
+    assert "kcr_runner" not in traceback, traceback
