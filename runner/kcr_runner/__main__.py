@@ -119,12 +119,27 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         await asyncio.wait_for(server.close_all_connections(), 2)
 
 
+def hide_from_same_uid() -> None:
+    """Make this process non-dumpable, so user code running as the same uid (a Kubernetes pod
+    has one uid for runner and worker) cannot read the token from ``/proc/<pid>/environ`` or
+    attach a debugger. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_dumpable = 4
+        libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    token = os.environ.get("KCR_RUNNER_TOKEN")
+    token = os.environ.pop("KCR_RUNNER_TOKEN", None)
     if not token:
         sys.stderr.write("kcr-runner: KCR_RUNNER_TOKEN is not set; refusing to start without it\n")
         raise SystemExit(2)
+    hide_from_same_uid()
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s kcr-runner %(message)s"
     )
