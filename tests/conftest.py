@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from tests.services import MotoS3Server, RedisServer, redis_binary
 
 S3_TEST_BUCKET = "kcr-test"

@@ -16,7 +16,6 @@ import uuid
 
 import boto3
 import pytest
-from tests.services import S3_REGION, free_port
 
 from kcr_kernels.stores import (
     FileEntry,
@@ -30,6 +29,7 @@ from kcr_kernels.stores import (
     StoreUnavailable,
     open_file_store,
 )
+from tests.services import S3_REGION, free_port
 
 pytestmark = pytest.mark.timeout(90)
 MiB = 1 << 20

@@ -16,7 +16,6 @@ import time
 import uuid
 
 import pytest
-from tests.services import RedisServer
 
 from kcr_kernels.stores import (
     InvalidKernelId,
@@ -26,6 +25,7 @@ from kcr_kernels.stores import (
     StoreUnavailable,
     open_kernel_store,
 )
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
