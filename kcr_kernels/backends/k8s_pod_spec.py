@@ -59,6 +59,11 @@ class KubernetesConfig:
     the same ones, as they select the shared pool. ``owner`` names this
     replica on the pods it leases. ``watch_timeout`` is the server-side
     timeout of one watch request (it is resumed from the last resourceVersion).
+    ``reap_grace`` is how long a fresh claim is safe from the reaper (until its
+    kernel reaches the registry); ``reap_interval`` the seconds between the
+    gateway's reaper passes. ``api_server`` (e.g. ``http://127.0.0.1:8001``
+    for ``kubectl proxy``) makes ``kcr-gateway`` talk to that URL without
+    credentials instead of loading the in-cluster or kubeconfig settings.
     """
 
     namespace: str = "default"
@@ -77,6 +82,8 @@ class KubernetesConfig:
     owner: str = field(default_factory=_default_owner)
     watch_timeout: int = 300
     reap_grace: float = 60.0
+    reap_interval: float = 30.0
+    api_server: str = ""
 
     @classmethod
     def from_dict(cls, data: dict) -> KubernetesConfig:
