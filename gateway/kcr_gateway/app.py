@@ -224,7 +224,18 @@ class KCRGateway(JupyterApp):
                     "the kubernetes backend needs its settings: set KCR_CONFIG_FILE "
                     "(the Helm chart does) or --KCRGateway.config_file_json"
                 )
-            return KubernetesBackend(KubernetesConfig.from_dict(settings))
+            try:
+                config = KubernetesConfig.from_dict(settings)
+            except (TypeError, ValueError) as e:
+                raise StartupError(f"bad kubernetes settings in {self.config_file_json}: {e}")
+            api_client = None
+            if config.api_server:  # e.g. kubectl proxy: no credentials, plain URL
+                from kubernetes import client
+
+                api_config = client.Configuration()
+                api_config.host = config.api_server.rstrip("/")
+                api_client = client.ApiClient(api_config)
+            return KubernetesBackend(config, api_client=api_client)
         raise StartupError(f"unknown backend {self.backend!r}: use 'local' or 'kubernetes'")
 
     def pool_configs(self) -> list[PoolConfig]:
@@ -241,12 +252,22 @@ class KCRGateway(JupyterApp):
     def init_components(self) -> None:
         configs = self.pool_configs()
         self.backend_impl = self.make_backend()
+
+        async def registered_kernel_ids() -> set[str]:
+            # Kernels in the registry (all replicas): the pool's reaper keeps their pods.
+            return {r["id"] for r in await self.kernel_store.list_kernels() if "id" in r}
+
+        shared_options = {}
+        if self.backend == "kubernetes":
+            shared_options["reap_interval"] = self.backend_impl.config.reap_interval
         self.pool = PodPool(
             self.backend_impl,
             configs,
             start_timeout=self.pod_start_timeout,
             refill_concurrency=self.refill_concurrency,
             log=self.log,
+            live_kernels=registered_kernel_ids,
+            **shared_options,
         )
         self.kernel_spec_manager = KCRKernelSpecManager(
             parent=self, languages=[c.language for c in configs]
