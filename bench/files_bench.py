@@ -1,8 +1,8 @@
 """Benchmark of kernel files through the gateway: upload/download throughput, post-cell
 sync latency, and the gateway's memory while a large file streams.
 
-Runs a real kcr-gateway in this process (sandboxed pods from the local backend) with the
-files API and a :class:`WorkspaceSync` on a file store (a temporary folder by default, or
+Runs a real kcr-gateway in this process (sandboxed pods from the local backend) with its
+files API and workspace sync on a file store (a temporary folder by default, or
 ``--files-url s3://bucket/prefix`` with ``--s3-endpoint``). The client runs in the same
 process, so the RSS numbers bound the gateway and the client together.
 
@@ -29,40 +29,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, machine_line, summarize_ms
-from jupyter_server.utils import url_path_join
 from kcr_gateway.app import KCRGateway
-from kcr_gateway.files import files_handlers
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
-
-from kcr_kernels.stores import open_file_store
-from kcr_kernels.workspace_sync import WorkspaceSync
 
 MiB = 1 << 20
 
 
 class BenchGateway(KCRGateway):
-    """The gateway with the files API; sync is called by the benchmark, not after cells."""
-
-    store_args: dict = {}
-
-    def init_components(self) -> None:
-        super().init_components()
-        store = open_file_store(**self.store_args)
-        self.workspace_sync = WorkspaceSync(store, max_file_bytes=None, max_kernel_bytes=None)
+    """The gateway as configured, with runners that accept bodies up to 1 GiB."""
 
     def make_backend(self):
         backend = super().make_backend()
         backend.runner_args += ["--max-request-bytes", str(1 << 30)]
         return backend
-
-    def make_web_app(self):
-        app = super().make_web_app()
-        app.add_handlers(
-            ".*$", [(url_path_join(self.base_url, p), *r) for p, *r in files_handlers()]
-        )
-        app.settings["kcr_workspace_sync"] = self.workspace_sync
-        return app
 
 
 def rss_kib(field: str) -> int:
@@ -117,16 +97,18 @@ async def get(client, url: str) -> tuple[float, str, int]:
 
 async def main(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="kcr-files-bench-"))
-    store_args = {"url": args.files_url or f"file://{work}/files"}
-    if args.s3_endpoint:
-        store_args.update(endpoint_url=args.s3_endpoint, create_bucket=True)
     config = Config()
+    config.KCRGateway.files_url = args.files_url or f"file://{work}/files"
+    if args.s3_endpoint:
+        config.KCRGateway.s3_endpoint_url = args.s3_endpoint
+        config.KCRGateway.s3_create_bucket = True
+    config.KCRGateway.max_file_bytes = 0
+    config.KCRGateway.max_kernel_bytes = 0
     config.KCRGateway.port = 0
     config.KCRGateway.data_dir = str(work / "kcr")
     config.KCRGateway.pools = {"python": {"warm": 1}}
     config.KCRGateway.auth_token = ""
     app = BenchGateway(config=config)
-    app.store_args = store_args
     await app.start_async()
     await app.pool.wait_warm(60)
     base = f"http://127.0.0.1:{app.port}"
@@ -135,7 +117,7 @@ async def main(args) -> dict:
     sync = app.workspace_sync
     result: dict = {
         "machine": machine_line(machine_info(["tornado", "boto3"])),
-        "store": store_args["url"],
+        "store": app.files_url,
     }
     try:
         kernel_id = await km.start_kernel("kcr-python")
