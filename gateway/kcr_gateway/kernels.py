@@ -295,6 +295,8 @@ class KCRKernelManager(LoggingConfigurable):
         if record and record.get("last_activity"):
             kernel.last_activity = record["last_activity"]
         kernel.session = self._new_session(kernel)
+        # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
+        kernel.session.kernel_info = dict(self._kernel_info.get(language) or {})
         return kernel
 
     async def start_kernel(
@@ -490,11 +492,11 @@ class KCRKernelManager(LoggingConfigurable):
 
     async def hibernate(self, kernel: RemoteKernel, reason: str) -> bool:
         """Checkpoint, then release pod and lease; False when the state could not be saved."""
-        async with kernel.lock:
+        async with kernel.lock, kernel.checkpoint_lock:  # waits for a checkpoint in flight
             if kernel.pod is None:
                 return True
-            if kernel.dirty or kernel.lost_reason:
-                result = await self._checkpoint(kernel, quiet=True)
+            if kernel.dirty:
+                result = await self._checkpoint_locked(kernel, quiet=True)
                 if result is not None and not result.saved:
                     self.log.warning(
                         "Kernel %s not hibernated (%s): %s", kernel.kernel_id, reason, result.error
@@ -524,32 +526,33 @@ class KCRKernelManager(LoggingConfigurable):
     async def _checkpoint(self, kernel: RemoteKernel, quiet: bool = False):
         """Save the kernel's namespace; warn the user on stderr when that fails."""
         async with kernel.checkpoint_lock:
-            if not kernel.dirty or kernel.runner is None or not kernel.attached:
-                return None
-            kernel.dirty = False
-            result = await checkpoints.checkpoint(self.store, kernel.kernel_id, kernel.runner)
-            if not result.saved:
-                kernel.dirty = True
-                self.log.warning(
-                    "Checkpoint of kernel %s failed: %s", kernel.kernel_id, result.error
+            return await self._checkpoint_locked(kernel, quiet)
+
+    async def _checkpoint_locked(self, kernel: RemoteKernel, quiet: bool = False):
+        if not kernel.dirty or kernel.runner is None or not kernel.attached:
+            return None
+        kernel.dirty = False
+        result = await checkpoints.checkpoint(self.store, kernel.kernel_id, kernel.runner)
+        if not result.saved:
+            kernel.dirty = True
+            self.log.warning("Checkpoint of kernel %s failed: %s", kernel.kernel_id, result.error)
+            if not quiet:
+                kernel.session.publish(
+                    "stream",
+                    {"name": "stderr", "text": f"[kcr] warning: {result.error}.\n"},
+                    kernel.session._last_parent,
                 )
-                if not quiet:
-                    kernel.session.publish(
-                        "stream",
-                        {"name": "stderr", "text": f"[kcr] warning: {result.error}.\n"},
-                        kernel.session._last_parent,
-                    )
-                metrics.CHECKPOINTS.labels(outcome="failed").inc()
-            else:
-                metrics.CHECKPOINTS.labels(outcome="saved").inc()
-                metrics.CHECKPOINT_BYTES.observe(result.size)
-                self.log.debug(
-                    "Kernel %s checkpointed: %d bytes in %.1f ms",
-                    kernel.kernel_id,
-                    result.size,
-                    result.seconds * 1e3,
-                )
-            return result
+            metrics.CHECKPOINTS.labels(outcome="failed").inc()
+        else:
+            metrics.CHECKPOINTS.labels(outcome="saved").inc()
+            metrics.CHECKPOINT_BYTES.observe(result.size)
+            self.log.debug(
+                "Kernel %s checkpointed: %d bytes in %.1f ms",
+                kernel.kernel_id,
+                result.size,
+                result.seconds * 1e3,
+            )
+        return result
 
     async def _sync_files(self, kernel: RemoteKernel) -> None:
         result = await self.files.sync(kernel.kernel_id, kernel.runner)
@@ -572,9 +575,10 @@ class KCRKernelManager(LoggingConfigurable):
             session.set_state("starting")
             session.reset_queue("the kernel was restarted")
             await self._take_lease(kernel)
-            await self._drop_pod(kernel)
-            kernel.dirty = False
-            await self._quietly(self.store.delete_state(kernel_id))
+            async with kernel.checkpoint_lock:  # no checkpoint of the old pod lands after this
+                await self._drop_pod(kernel)
+                kernel.dirty = False
+                await self._quietly(self.store.delete_state(kernel_id))
             await self._put_on_new_pod(kernel, self.start_timeout)
             await self._save_record(kernel, "running")
         kernel.touch()

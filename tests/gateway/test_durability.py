@@ -54,89 +54,73 @@ async def checkpointed(app, kernel_id: str, timeout: float = 30) -> tuple:
         await asyncio.sleep(0.02)
 
 
-def kill_pod(app, kernel_id: str) -> None:
+async def kill_pod(app, kernel_id: str) -> None:
+    """SIGKILL the kernel's runner and wait until the gateway has noticed."""
     kernel = app.kernel_manager.get_kernel(kernel_id)
     process = kernel.pod.meta["process"]
     os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+    await wait_for(lambda: not kernel.attached, 30, "pod loss noticed")
 
 
-async def test_variables_survive_the_loss_of_the_pod(durable):
+@pytest_asyncio.fixture(loop_scope="module")
+async def on_durable(durable):
+    """(kernel id, connected client) on the shared durable gateway; deleted afterwards."""
     kernel_id = await start_kernel(base(durable))
     client = await WSKernelClient.connect(base(durable), kernel_id)
-    try:
-        r = await client.execute(NAMESPACE)
-        assert r.content["status"] == "ok"
-        await checkpointed(durable, kernel_id)
-        old_pod = durable.kernel_manager.get_kernel(kernel_id).pod.name
-        kill_pod(durable, kernel_id)
-        kernel = durable.kernel_manager.get_kernel(kernel_id)
-        await wait_for(lambda: not kernel.attached, 30, "pod loss noticed")
-        r = await client.execute(CHECK)
-        assert r.content["status"] == "ok", r.content
-        assert r.stdout == CHECK_OUT
-        assert "moved to a new pod" in r.stderr and "State restored as of" in r.stderr
-        assert durable.kernel_manager.get_kernel(kernel_id).pod.name != old_pod
-    finally:
-        client.close()
-        await http(base(durable), "DELETE", f"/api/kernels/{kernel_id}")
+    yield kernel_id, client
+    client.close()
+    await http(base(durable), "DELETE", f"/api/kernels/{kernel_id}")
 
 
-async def test_a_cell_running_when_the_pod_dies_gets_a_clear_error(durable):
-    kernel_id = await start_kernel(base(durable))
-    client = await WSKernelClient.connect(base(durable), kernel_id)
-    try:
-        await client.execute("kept = 'yes'")
-        await checkpointed(durable, kernel_id)
-        running = client.send(
-            client.make("execute_request", {"code": "import time; time.sleep(60)"})
-        )
-        await wait_for(lambda: running.outputs("execute_input"), 30, "cell started")
-        kill_pod(durable, kernel_id)
-        await wait_for(lambda: running.reply is not None, 30, "reply of the interrupted cell")
-        assert running.reply["content"]["status"] == "error"
-        assert running.reply["content"]["ename"] == "KernelDied"
-        assert "pod stopped" in running.reply["content"]["evalue"]
-        r = await client.execute("print(kept)")
-        assert r.stdout == "yes\n"
-    finally:
-        client.close()
-        await http(base(durable), "DELETE", f"/api/kernels/{kernel_id}")
+async def test_variables_survive_the_loss_of_the_pod(durable, on_durable):
+    kernel_id, client = on_durable
+    r = await client.execute(NAMESPACE)
+    assert r.content["status"] == "ok"
+    await checkpointed(durable, kernel_id)
+    old_pod = durable.kernel_manager.get_kernel(kernel_id).pod.name
+    await kill_pod(durable, kernel_id)
+    r = await client.execute(CHECK)
+    assert r.content["status"] == "ok", r.content
+    assert r.stdout == CHECK_OUT
+    assert "moved to a new pod" in r.stderr and "State restored as of" in r.stderr
+    assert durable.kernel_manager.get_kernel(kernel_id).pod.name != old_pod
 
 
-async def test_unpicklable_values_are_named_after_a_move(durable):
-    kernel_id = await start_kernel(base(durable))
-    client = await WSKernelClient.connect(base(durable), kernel_id)
-    try:
-        await client.execute("import threading; lock = threading.Lock(); fine = 1")
-        state = await checkpointed(durable, kernel_id)
-        assert "lock" in [e["name"] for e in state[1]["errors"]]
-        kill_pod(durable, kernel_id)
-        kernel = durable.kernel_manager.get_kernel(kernel_id)
-        await wait_for(lambda: not kernel.attached, 30, "pod loss noticed")
-        r = await client.execute("print(fine, 'lock' in dir())")
-        assert r.stdout == "1 False\n"
-        assert "moved to a new pod" in r.stderr
-    finally:
-        client.close()
-        await http(base(durable), "DELETE", f"/api/kernels/{kernel_id}")
+async def test_a_cell_running_when_the_pod_dies_gets_a_clear_error(durable, on_durable):
+    kernel_id, client = on_durable
+    await client.execute("kept = 'yes'")
+    await checkpointed(durable, kernel_id)
+    running = client.send(client.make("execute_request", {"code": "import time; time.sleep(60)"}))
+    await wait_for(lambda: running.outputs("execute_input"), 30, "cell started")
+    await kill_pod(durable, kernel_id)
+    await wait_for(lambda: running.reply is not None, 30, "reply of the interrupted cell")
+    assert running.reply["content"]["status"] == "error"
+    assert running.reply["content"]["ename"] == "KernelDied"
+    assert "pod stopped" in running.reply["content"]["evalue"]
+    r = await client.execute("print(kept)")
+    assert r.stdout == "yes\n"
 
 
-async def test_restart_clears_the_checkpoint_too(durable):
-    kernel_id = await start_kernel(base(durable))
-    client = await WSKernelClient.connect(base(durable), kernel_id)
-    try:
-        await client.execute("secret = 1")
-        await checkpointed(durable, kernel_id)
-        assert (await http(base(durable), "POST", f"/api/kernels/{kernel_id}/restart")).code == 200
-        assert await durable.kernel_store.get_state(kernel_id) is None
-        kill_pod(durable, kernel_id)
-        kernel = durable.kernel_manager.get_kernel(kernel_id)
-        await wait_for(lambda: not kernel.attached, 30, "pod loss noticed")
-        r = await client.execute("print('secret' in dir())")
-        assert r.stdout == "False\n"
-    finally:
-        client.close()
-        await http(base(durable), "DELETE", f"/api/kernels/{kernel_id}")
+async def test_unpicklable_values_are_named_after_a_move(durable, on_durable):
+    kernel_id, client = on_durable
+    await client.execute("import threading; lock = threading.Lock(); fine = 1")
+    state = await checkpointed(durable, kernel_id)
+    assert "lock" in [e["name"] for e in state[1]["errors"]]
+    await kill_pod(durable, kernel_id)
+    r = await client.execute("print(fine, 'lock' in dir())")
+    assert r.stdout == "1 False\n"
+    assert "moved to a new pod" in r.stderr
+
+
+async def test_restart_clears_the_checkpoint_too(durable, on_durable):
+    kernel_id, client = on_durable
+    await client.execute("secret = 1")
+    await checkpointed(durable, kernel_id)
+    assert (await http(base(durable), "POST", f"/api/kernels/{kernel_id}/restart")).code == 200
+    assert await durable.kernel_store.get_state(kernel_id) is None
+    await kill_pod(durable, kernel_id)
+    r = await client.execute("print('secret' in dir())")
+    assert r.stdout == "False\n"
 
 
 async def test_delete_removes_record_and_state(durable):
