@@ -209,6 +209,7 @@ class KernelSession:
             self.publish("status", {"execution_state": "busy"}, parent)
         try:
             if msg_type == "kernel_info_request":
+                await self._ensure_kernel_info()
                 self.reply(listener, channel, "kernel_info_reply", self.kernel_info_reply(), parent)
             elif msg_type == "interrupt_request":
                 status = await self.interrupt()
@@ -250,6 +251,19 @@ class KernelSession:
             await self.runner.send("input_reply", msg.get("content") or {}, current[2])
         except RunnerError as e:
             log.warning("kernel %s: input_reply not delivered: %s", self.kernel_id, e)
+
+    async def _ensure_kernel_info(self) -> None:
+        """A session that never had a runner (nor a cached kernel_info) gets one to ask.
+
+        Front ends take ``language_info`` from this reply (JupyterLab stores it in the
+        notebook and picks the editor mode by it), so "unknown" is not an answer.
+        """
+        if self.kernel_info or self.before_request is None:
+            return
+        try:
+            await self.before_request()
+        except Exception as e:
+            log.warning("kernel %s: kernel_info without a runner: %s", self.kernel_id, e)
 
     def kernel_info_reply(self) -> dict:
         info = {
@@ -308,6 +322,7 @@ class KernelSession:
         parent = msg["header"]
         content = msg.get("content") or {}
         if msg_type == "kernel_info_request":
+            await self._ensure_kernel_info()
             self.reply(listener, "shell", "kernel_info_reply", self.kernel_info_reply(), parent)
             return False
         if msg_type in COMM_OPS:
