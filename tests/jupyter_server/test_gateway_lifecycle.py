@@ -79,6 +79,32 @@ async def test_gateway_restart_under_a_running_server_keeps_kernels(make_pair):
         await api.call("DELETE", f"/api/sessions/{model['id']}")
 
 
+async def test_fresh_connection_to_a_kernel_adopted_after_a_restart_knows_its_language(
+    make_pair,
+):
+    # JupyterLab asks kernel_info first thing on connect and writes language_info into the
+    # notebook: a kernel the restarted gateway has not put on a pod yet must still answer it.
+    gateway, server = make_pair({"python": {"warm": 1}})
+    api = ServerAPI(server.url, server.token)
+    model = await api.start_session()
+    kernel_id = model["kernel"]["id"]
+    ch = await KernelChannels.open(api, kernel_id, model["id"])
+    await ch.execute("value = 'kept'")
+    ch.close()
+    gateway.stop()
+    await asyncio.to_thread(gateway.start)
+
+    ch = await KernelChannels.open(api, kernel_id, model["id"])
+    try:
+        info = await ch.request("kernel_info_request", channel="control")
+        assert info["content"]["language_info"]["name"] == "python"
+        assert info["content"]["language_info"]["file_extension"] == ".py"
+        assert (await ch.execute("print(value)")).stdout == "kept\n"
+    finally:
+        ch.close()
+        await api.call("DELETE", f"/api/sessions/{model['id']}")
+
+
 async def _gateway_connections(gateway_api: ServerAPI, kernel_id: str) -> int:
     return (await gateway_api.call("GET", f"/api/kernels/{kernel_id}"))["connections"]
 
