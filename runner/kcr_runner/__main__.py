@@ -53,7 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-request-bytes",
         type=int,
         default=64 * MiB,
-        help="largest WebSocket frame / request body",
+        help="largest WebSocket frame / request body held in memory",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=0,
+        help="largest file uploaded into the workspace (streamed to disk; 0: no limit)",
     )
     parser.add_argument(
         "--max-state-bytes",
@@ -96,6 +102,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         workspace=Workspace(workspace),
         max_request_bytes=args.max_request_bytes,
         max_state_bytes=args.max_state_bytes,
+        max_file_bytes=args.max_file_bytes,
         channels=set(),
     )
     worker.on_unsolicited = state.broadcast

@@ -30,6 +30,8 @@ class Workspace:
 
     def __init__(self, root: str):
         self.root = os.path.realpath(root)
+        # path -> ((size, mtime_ns, inode), sha256): a listing re-hashes only changed files.
+        self._digests: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     def resolve(self, path: str) -> str:
         """The absolute path for ``path``, after the confinement checks."""
@@ -51,6 +53,7 @@ class Workspace:
     def list(self) -> list[dict[str, Any]]:
         """Every regular file under the root (symlinks are not followed), sorted by path."""
         entries = []
+        seen: dict[str, tuple[tuple[int, int, int], str]] = {}
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             dirnames.sort()
             for name in filenames:
@@ -62,15 +65,58 @@ class Workspace:
                 if not stat.S_ISREG(info.st_mode):
                     continue
                 rel = os.path.relpath(full, self.root).replace(os.sep, "/")
-                try:
-                    digest = _sha256(full)
-                except OSError:
-                    continue
+                key = (info.st_size, info.st_mtime_ns, info.st_ino)
+                cached = self._digests.get(rel)
+                if cached is not None and cached[0] == key:
+                    digest = cached[1]
+                else:
+                    try:
+                        digest = _sha256(full)
+                    except OSError:
+                        continue
+                seen[rel] = (key, digest)
                 entries.append(
                     {"path": rel, "size": info.st_size, "mtime": info.st_mtime, "sha256": digest}
                 )
+        self._digests = seen
         entries.sort(key=lambda e: e["path"])
         return entries
+
+    def open_read(self, path: str):
+        """A binary file object for ``path`` (a regular file, never through a symlink)."""
+        full = self.resolve(path)
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        handle = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            handle.close()
+            raise IsADirectoryError(f"{path!r} is not a regular file")
+        return handle
+
+    def begin_write(self, path: str) -> tuple[str, str, Any]:
+        """Start replacing ``path``: returns (final path, temp path, open temp file).
+
+        The caller writes the body into the temp file, then calls :meth:`commit_write`
+        (an atomic rename) or :meth:`abort_write`.
+        """
+        full = self.resolve(path)
+        parent = os.path.dirname(full)
+        os.makedirs(parent, exist_ok=True)
+        self.resolve(path)  # parents created just now cannot escape, but re-check anyway
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".kcr-upload-")
+        return full, tmp, os.fdopen(fd, "wb")
+
+    @staticmethod
+    def commit_write(full: str, tmp: str, handle) -> None:
+        handle.close()
+        if os.path.islink(full):
+            os.unlink(full)  # replace an in-workspace link by a file, never write through it
+        os.replace(tmp, full)
+
+    @staticmethod
+    def abort_write(tmp: str, handle) -> None:
+        handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
     def read(self, path: str) -> bytes:
         full = self.resolve(path)

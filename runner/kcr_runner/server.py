@@ -8,6 +8,7 @@ import base64
 import hmac
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ class RunnerState:
     max_request_bytes: int
     max_state_bytes: int
     channels: set[ChannelHandler]
+    max_file_bytes: int = 0  # 0: uploads are bounded by the pod's disk only
 
     def broadcast(self, event: str, content: dict[str, Any]) -> None:
         for channel in list(self.channels):
@@ -225,40 +227,118 @@ class FilesListHandler(ApiHandler):
         self.send_json({"files": files})
 
 
-class FileHandler(BodyHandler):
-    """``GET|PUT|DELETE /files/{path}`` inside the workspace."""
+@web.stream_request_body
+class FileHandler(ApiHandler):
+    """``GET|PUT|DELETE /files/{path}`` inside the workspace.
+
+    Bodies stream: an upload goes chunk by chunk into a temporary file next to its target
+    (renamed into place when complete, removed on any failure), a download is read and sent
+    in 1 MiB chunks, so a file never has to fit in the runner's memory.
+    """
+
+    CHUNK = 1 << 20
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._upload = None
+        self._upload_error: tuple[int, str, str] | None = None
+        if self._finished or self.request.method != "PUT":
+            return
+        # Uploads are bounded by the pod's disk (and the gateway's quotas), not by
+        # --max-request-bytes, which limits bodies the runner keeps in memory.
+        self.request.connection.set_max_body_size(1 << 62)
+        path = self.path_kwargs.get("path") or (self.path_args[0] if self.path_args else "")
+        self._received = 0
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and self._over_file_limit(int(length)):
+            return
+        try:
+            self._upload = self.state.workspace.begin_write(path)
+        except Exception as exc:
+            self._upload_error = self._error_for(exc, path)
+
+    def _over_file_limit(self, size: int) -> bool:
+        limit = self.state.max_file_bytes
+        if limit and size > limit:
+            self._discard_upload()
+            self._upload_error = (
+                413,
+                "file_too_large",
+                f"the file is over this pod's limit of {limit} bytes (--max-file-bytes)",
+            )
+            return True
+        return False
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._upload is None:
+            return
+        self._received += len(chunk)
+        if self._over_file_limit(self._received):
+            return
+        try:
+            await asyncio.to_thread(self._upload[2].write, chunk)
+        except OSError as exc:
+            self._discard_upload()
+            self._upload_error = (507, "io_error", f"writing the file failed: {exc}")
+
+    def _discard_upload(self) -> None:
+        if self._upload is not None:
+            _full, tmp, handle = self._upload
+            self.state.workspace.abort_write(tmp, handle)
+            self._upload = None
+
+    def on_connection_close(self) -> None:
+        self._discard_upload()
+
+    def _error_for(self, exc: Exception, path: str) -> tuple[int, str, str]:
+        if isinstance(exc, PathRefused):
+            return 400, "bad_path", str(exc)
+        if isinstance(exc, PathEscapes):
+            return 403, "path_escapes_workspace", str(exc)
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            return 404, "not_found", f"no such file in the workspace: {path!r}"
+        if isinstance(exc, IsADirectoryError):
+            return 400, "is_a_directory", f"{path!r} is a directory"
+        if isinstance(exc, OSError) and exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
+            return 403, "path_escapes_workspace", f"{path!r} is a symlink"
+        return 500, "io_error", f"{type(exc).__name__}: {exc}"
 
     async def _run(self, func, *args):
         try:
             return True, await asyncio.to_thread(func, *args)
-        except PathRefused as exc:
-            self.fail(400, "bad_path", str(exc))
-        except PathEscapes as exc:
-            self.fail(403, "path_escapes_workspace", str(exc))
-        except (FileNotFoundError, NotADirectoryError):
-            self.fail(404, "not_found", f"no such file in the workspace: {args[0]!r}")
-        except IsADirectoryError:
-            self.fail(400, "is_a_directory", f"{args[0]!r} is a directory")
-        except OSError as exc:
-            if exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
-                self.fail(403, "path_escapes_workspace", f"{args[0]!r} is a symlink")
-            else:
-                self.fail(500, "io_error", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            self.fail(*self._error_for(exc, args[0] if args else ""))
         return False, None
 
     async def get(self, path: str) -> None:
-        ok, data = await self._run(self.state.workspace.read, path)
-        if ok:
+        ok, handle = await self._run(self.state.workspace.open_read, path)
+        if not ok:
+            return
+        try:
             self.set_header("Content-Type", "application/octet-stream")
-            self.finish(data)
+            self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
+            while chunk := await asyncio.to_thread(handle.read, self.CHUNK):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            handle.close()
+        self.finish()
 
     async def put(self, path: str) -> None:
-        if not self.body_ok():
+        if self._upload_error is not None:
+            self._discard_upload()
+            self.fail(*self._upload_error)
             return
-        ok, _ = await self._run(self.state.workspace.write, path, bytes(self._body))
-        if ok:
-            self.set_status(204)
-            self.finish()
+        full, tmp, handle = self._upload
+        self._upload = None
+        try:
+            await asyncio.to_thread(self.state.workspace.commit_write, full, tmp, handle)
+        except OSError as exc:
+            self.state.workspace.abort_write(tmp, handle)
+            self.fail(*self._error_for(exc, path))
+            return
+        self.set_status(204)
+        self.finish()
 
     async def delete(self, path: str) -> None:
         ok, _ = await self._run(self.state.workspace.delete, path)

@@ -27,12 +27,6 @@ class FilesGateway(KCRGateway):
         # No I/O happened on the default store yet; the test store replaces it.
         self.workspace_sync.store = open_file_store(opts["url"], **opts.get("store_options", {}))
 
-    def make_backend(self):
-        backend = super().make_backend()
-        # The runner buffers a PUT body; let it take the biggest file the tests move.
-        backend.runner_args += ["--max-request-bytes", str(300 << 20)]
-        return backend
-
     async def stop_async(self) -> None:
         await super().stop_async()
         await self.workspace_sync.store.close()

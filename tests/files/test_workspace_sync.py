@@ -187,7 +187,7 @@ async def test_a_file_the_pod_refuses_stays_in_the_store(store, new_pod, kernel_
     """A stored file larger than the pod accepts is kept (never deleted by a later sync)."""
     await store.write_bytes(kernel_id, "huge.bin", b"h" * 5000)
     await store.write_bytes(kernel_id, "fine.txt", b"fine")
-    pod = new_pod("--max-request-bytes", "4096")
+    pod = new_pod("--max-file-bytes", "4096")
     sync = make_sync(store)
 
     assert await sync.restore(kernel_id, pod.client) == 1

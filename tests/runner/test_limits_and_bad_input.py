@@ -22,6 +22,8 @@ def limited_runner(tmp_path_factory):
         "3",
         "--max-request-bytes",
         "20000",
+        "--max-state-bytes",
+        "20000",
     )
     yield runner
     runner.stop()
@@ -56,11 +58,20 @@ async def test_cell_timeout_interrupts_with_a_clear_error(limited_runner):
 
 
 async def test_request_body_over_the_limit_is_413(limited_runner):
-    response = await limited_runner.http("PUT", "/files/big.bin", body=b"x" * 30000)
+    response = await limited_runner.http("POST", "/state/restore", body=b"x" * 30000)
     assert response.code == 413
     assert json.loads(response.body)["reason"] == "request_too_large"
-    assert not (limited_runner.workspace / "big.bin").exists()
     assert (await limited_runner.http("GET", "/healthz")).code == 200
+
+
+async def test_file_uploads_stream_to_disk_past_the_in_memory_limit(limited_runner):
+    payload = bytes(range(256)) * 20_000  # 5 MB, 250x --max-request-bytes
+    response = await limited_runner.http("PUT", "/files/big/blob.bin", body=payload)
+    assert response.code == 204
+    assert (limited_runner.workspace / "big" / "blob.bin").read_bytes() == payload
+    assert not [p for p in (limited_runner.workspace / "big").iterdir() if p.name != "blob.bin"]
+    back = await limited_runner.http("GET", "/files/big/blob.bin")
+    assert back.code == 200 and back.body == payload
 
 
 async def test_huge_code_frame_closes_with_message_too_big(limited_runner):
