@@ -230,14 +230,9 @@ async def test_concurrent_notebooks_are_isolated(api):
         assert (ra.stdout, rb.stdout) == ("a\n", "b\n")
 
 
-# -- gaps in the Python runner that JupyterLab users meet (runner/kcr_runner is not ours to fix
-#    here; strict xfails, so the fix shows up as XPASS and these markers get removed) ----------
+# -- what JupyterLab users meet in the Python runner ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner: WorkerShell has no enable_gui: '%matplotlib inline' raises NotImplementedError",
-)
 async def test_matplotlib_inline_magic(api):
     async with notebook(api) as (_, ch):
         run = await ch.execute(
@@ -247,10 +242,6 @@ async def test_matplotlib_inline_magic(api):
     assert "image/png" in run.of_type("display_data")[0]["data"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner: an interrupted cell's traceback ends in the worker's own SIGINT handler",
-)
 async def test_interrupt_traceback_shows_only_user_code(api):
     async with notebook(api) as (model, ch):
         msg_id = ch.start_execute("import time\ntime.sleep(30)")

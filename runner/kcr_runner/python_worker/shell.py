@@ -13,6 +13,7 @@ from typing import Any
 
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Instance
@@ -71,6 +72,19 @@ class WorkerShell(InteractiveShell):
         super().init_displayhook()
         self.displayhook.sink = lambda event, content: self.sink(event, content)
 
+    def showtraceback(self, exc_tuple=None, *args, **kwargs):
+        """Show the user's traceback without the worker's own frames at its end.
+
+        An interrupt is raised by the worker's SIGINT handler, which would otherwise be
+        the last frame shown; frames that set ``__tracebackhide__`` are cut from the tail.
+        """
+        try:
+            etype, value, tb = self._get_exc_info(exc_tuple)
+        except ValueError:
+            return super().showtraceback(exc_tuple, *args, **kwargs)
+        _drop_hidden_tail(tb)
+        return super().showtraceback((etype, value, tb), *args, **kwargs)
+
     def _showtraceback(self, etype, evalue, stb):
         error = {
             "ename": getattr(etype, "__name__", str(etype)),
@@ -79,6 +93,13 @@ class WorkerShell(InteractiveShell):
         }
         self.last_error = error
         self.sink("error", error)
+
+    def enable_gui(self, gui=None):
+        """No GUI event loop in a pod: ``%matplotlib inline`` (gui None/inline) is all there is."""
+        if gui not in (None, "inline"):
+            raise UsageError(
+                f"GUI event loops ({gui}) are not available in a kcr kernel; use %matplotlib inline"
+            )
 
     def ask_exit(self):
         # `exit` / `quit` in a cell: the frontend decides (Jupyter's "ask_exit" payload).
@@ -104,3 +125,15 @@ def make_shell(sink: EventSink) -> WorkerShell:
 
     shell.set_hook("show_in_pager", show_in_pager, priority=50)
     return shell
+
+
+def _drop_hidden_tail(tb) -> None:
+    """Cut the frames at the end of ``tb`` whose code sets ``__tracebackhide__``."""
+    last_visible = None
+    while tb is not None:
+        if not tb.tb_frame.f_locals.get("__tracebackhide__", False):
+            last_visible = tb
+        elif last_visible is not None and tb.tb_next is None:
+            last_visible.tb_next = None
+            return
+        tb = tb.tb_next

@@ -65,6 +65,7 @@ class PythonWorker:
         interrupt_main_thread()
 
     def _on_sigint(self, signum, frame) -> None:
+        __tracebackhide__ = True  # IPython leaves this frame out of the user's traceback
         if not self.executing:
             return
         exc, self._interrupt_exc = self._interrupt_exc, None
@@ -126,14 +127,18 @@ class PythonWorker:
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent)) and not silent
         count = shell.execution_count
-        self.channel.event(request_id, "execute_input", {"code": code, "execution_count": count})
         shell.last_error = None
         self._allow_stdin = bool(content.get("allow_stdin", False))
         self.router.begin(request_id)
         result = None
         try:
+            # Interruptible from before execute_input leaves: a client may interrupt as soon
+            # as it sees it, before run_cell has started.
             self.executing = True
             try:
+                self.channel.event(
+                    request_id, "execute_input", {"code": code, "execution_count": count}
+                )
                 result = shell.run_cell(code, store_history=store_history, silent=silent)
             finally:
                 self.executing = False
