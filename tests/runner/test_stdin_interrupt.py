@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
+import kcr_runner
 import pytest
 
 from .conftest import stream_text
@@ -93,6 +95,10 @@ BWRAP_PREFIX = [
     "/dev",
     "--tmpfs",
     "/tmp",
+    # The checkout may itself live under /tmp (CI clones): keep the runner's source visible.
+    "--ro-bind",
+    str(Path(kcr_runner.__file__).resolve().parents[1]),
+    str(Path(kcr_runner.__file__).resolve().parents[1]),
     "--",
 ]
 
