@@ -413,6 +413,8 @@ class KCRGateway(JupyterApp):
             await self.backend_impl.close()
         if getattr(self, "kernel_store", None) is not None:
             await self.kernel_store.close()
+        if getattr(self, "workspace_sync", None) is not None:
+            await self.workspace_sync.store.close()
 
     def start(self) -> None:
         super().start()
