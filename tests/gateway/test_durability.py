@@ -83,6 +83,7 @@ async def test_variables_survive_the_loss_of_the_pod(durable, on_durable):
     assert r.content["status"] == "ok", r.content
     assert r.stdout == CHECK_OUT
     assert "moved to a new pod" in r.stderr and "State restored as of" in r.stderr
+    assert r.content["execution_count"] == 2  # numbering goes on where it was
     assert durable.kernel_manager.get_kernel(kernel_id).pod.name != old_pod
 
 

@@ -8,7 +8,8 @@ Blob layout (all integers big-endian)::
     header                 header_length bytes of UTF-8 JSON:
                            {"python": "3.11.7", "cloudpickle": "3.1.1", "names": [...],
                             "modules": {name: module}, "imports": {name: [module, qualname]},
-                            "skipped": [{"name": ..., "reason": ...}]}
+                            "skipped": [{"name": ..., "reason": ...}],
+                            "execution_count": N}
     payload                lz4 frame of cloudpickle.dumps({name: value})
 
 Modules (``import numpy as np``) and plain module members (``from os.path import join``) are
@@ -108,6 +109,8 @@ def snapshot(shell, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
         "modules": modules,
         "imports": imports,
         "skipped": skipped,
+        # So a kernel that moves to a new pod keeps numbering its cells where it was.
+        "execution_count": shell.execution_count,
     }
     header_bytes = json.dumps(header).encode()
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + compressed
@@ -166,4 +169,7 @@ def restore(shell, blob: bytes) -> dict[str, Any]:
         raise BadStateBlob(f"state payload could not be loaded: {type(exc).__name__}: {exc}")
     shell.user_ns.update(values)
     restored.extend(values)
+    count = header.get("execution_count")
+    if isinstance(count, int) and count > shell.execution_count:
+        shell.execution_count = count
     return {"restored": sorted(restored), "errors": errors}
