@@ -169,6 +169,10 @@ class KernelSession:
             msg["metadata"] = metadata
         listener.send(channel, msg)
 
+    def tell_user(self, text: str) -> None:
+        """A line on stderr for whoever is looking at the kernel (parent: the latest request)."""
+        self.publish("stream", {"name": "stderr", "text": text}, self._last_parent)
+
     def set_state(self, state: str, parent: dict | None = None) -> None:
         self.execution_state = state
         if state in ("busy", "idle", "starting", "restarting", "dead"):

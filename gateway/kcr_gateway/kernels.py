@@ -455,9 +455,7 @@ class KCRKernelManager(LoggingConfigurable):
             await self._save_record(kernel, "running")
         notice = _resume_notice(lost_reason, result)
         if notice:
-            kernel.session.publish(
-                "stream", {"name": "stderr", "text": notice}, kernel.session._last_parent
-            )
+            kernel.session.tell_user(notice)
         self.log.info(
             "Kernel %s resumed on pod %s%s",
             kernel.kernel_id,
@@ -537,11 +535,7 @@ class KCRKernelManager(LoggingConfigurable):
             kernel.dirty = True
             self.log.warning("Checkpoint of kernel %s failed: %s", kernel.kernel_id, result.error)
             if not quiet:
-                kernel.session.publish(
-                    "stream",
-                    {"name": "stderr", "text": f"[kcr] warning: {result.error}.\n"},
-                    kernel.session._last_parent,
-                )
+                kernel.session.tell_user(f"[kcr] warning: {result.error}.\n")
             metrics.CHECKPOINTS.labels(outcome="failed").inc()
         else:
             metrics.CHECKPOINTS.labels(outcome="saved").inc()
@@ -556,13 +550,8 @@ class KCRKernelManager(LoggingConfigurable):
 
     async def _sync_files(self, kernel: RemoteKernel) -> None:
         result = await self.files.sync(kernel.kernel_id, kernel.runner)
-        warning = getattr(result, "warning", None)
-        if warning:
-            kernel.session.publish(
-                "stream",
-                {"name": "stderr", "text": f"[kcr] warning: {warning}\n"},
-                kernel.session._last_parent,
-            )
+        if result.warning:
+            kernel.session.tell_user(f"[kcr] warning: {result.warning}\n")
 
     # -- REST actions -----------------------------------------------------------
 
