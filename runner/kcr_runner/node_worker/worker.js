@@ -14,6 +14,7 @@ const util = require('util');
 const vm = require('vm');
 const { Worker } = require('worker_threads');
 const { createRequire } = require('module');
+const { CellTypeChecker } = require('./typecheck.js');
 
 const LANGUAGE = process.argv[2] || 'javascript';
 
@@ -236,8 +237,35 @@ process.on('SIGINT', () => {
   if (interruptReject && pending) interruptReject(interruptError(pending));
 });
 
+// TypeScript cells are type-checked against the declarations of the cells that ran before
+// (typecheck.js); a type error is the cell's error and the cell does not run.
+let typeChecker = null;
+function cellTypeChecker() {
+  if (!typeChecker) typeChecker = new CellTypeChecker(typescript());
+  return typeChecker;
+}
+
+function typeCheck(code) {
+  const { errors, declarations } = cellTypeChecker().check(code);
+  if (errors.length) {
+    const err = new CellError(errors[0]);
+    err.name = 'TSError';
+    err.traceback = errors;
+    throw err;
+  }
+  return declarations;
+}
+
 async function runCode(code) {
-  if (LANGUAGE === 'typescript') code = transpile(code);
+  if (LANGUAGE === 'typescript') {
+    const declarations = typeCheck(code);
+    const pending = pendingInterrupt(); // an interrupt that came while the checker ran
+    if (pending) throw interruptError(pending);
+    code = transpile(code);
+    // Remembered once the cell runs, also when it then throws: the `var`s and functions it
+    // declared exist in the context from now on, as they do in JavaScript.
+    cellTypeChecker().remember(declarations);
+  }
   let script;
   let isAsync = false;
   try {
@@ -400,6 +428,9 @@ function main() {
       configured = true;
       output.maxChars = Number(message.max_output_bytes || output.maxChars);
       send({ type: 'ready', language: LANGUAGE, pid: process.pid, language_version: process.versions.node });
+      // Parse the TypeScript lib files now (about a second), while the pod waits in the pool,
+      // not when the user's first cell arrives.
+      if (LANGUAGE === 'typescript') setImmediate(() => { try { cellTypeChecker().check(''); } catch (e) { log(`TypeScript warm-up: ${e.message}`); } });
       return;
     }
     if (message.type === 'request') { queue.push(message); pump(); }
