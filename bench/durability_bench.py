@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -42,12 +43,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, machine_line, summarize_ms
+from common import CpuMeter, descendant_pids, machine_info, machine_line, summarize_ms
 from state_bench import throwaway_redis
 
 MB = 1_000_000
@@ -264,15 +266,19 @@ async def measure_case(app, socket: KernelSocket, kernel_id: str, case: Case, re
     kernel = manager.get_kernel(kernel_id)
     await socket.execute(case.code)
     snapshots, puts, checkpoints, gets, restores = [], [], [], [], []
+    checkpoint_cpu, restore_cpu = [], []
     blob_size = 0
     for i in range(repeat):
         progress(f"{case.label}: checkpoint {i + 1}/{repeat}")
-        t0 = time.perf_counter()
-        response = await kernel.runner.call("POST", "/state/snapshot", b"", timeout=300)
-        t1 = time.perf_counter()
-        blob = response.body
-        await store.put_state(kernel_id, blob, {"created": time.time(), "names": ["bench"]})
-        t2 = time.perf_counter()
+        meter = cpu_meter(kernel.pod)
+        with meter:
+            t0 = time.perf_counter()
+            response = await kernel.runner.call("POST", "/state/snapshot", b"", timeout=300)
+            t1 = time.perf_counter()
+            blob = response.body
+            await store.put_state(kernel_id, blob, {"created": time.time(), "names": ["bench"]})
+            t2 = time.perf_counter()
+        checkpoint_cpu.append(meter.used)
         snapshots.append(t1 - t0)
         puts.append(t2 - t1)
         blob_size = len(blob)
@@ -291,14 +297,19 @@ async def measure_case(app, socket: KernelSocket, kernel_id: str, case: Case, re
         try:
             await runner.connect()
             await app.pool.wait_warm(120)  # no pod start competes with the timed restore
-            t0 = time.perf_counter()
-            saved = await store.get_state(kernel_id)
-            t1 = time.perf_counter()
-            if saved is None:
-                raise BenchError(f"{case.label}: no state in the store after the checkpoint")
-            answer = await runner.call_json_body("POST", "/state/restore", saved[0], timeout=300)
-            t2 = time.perf_counter()
-            del saved
+            meter = cpu_meter(pod)
+            with meter:
+                t0 = time.perf_counter()
+                saved = await store.get_state(kernel_id)
+                t1 = time.perf_counter()
+                if saved is None:
+                    raise BenchError(f"{case.label}: no state in the store after the checkpoint")
+                answer = await runner.call_json_body(
+                    "POST", "/state/restore", saved[0], timeout=300
+                )
+                t2 = time.perf_counter()
+                del saved
+            restore_cpu.append(meter.used)
             if "bench" not in answer.get("restored", []) or answer.get("errors"):
                 raise BenchError(f"{case.label}: restore did not bring back 'bench': {answer}")
             gets.append(t1 - t0)
@@ -319,8 +330,32 @@ async def measure_case(app, socket: KernelSocket, kernel_id: str, case: Case, re
         "get_s": med(gets),
         "runner_restore_s": med(restores),
         "restore_s": med(g + r for g, r in zip(gets, restores, strict=True)),
+        "checkpoint_cpu_s": median_cpu(checkpoint_cpu),
+        "restore_cpu_s": median_cpu(restore_cpu),
         "repeat": repeat,
     }
+
+
+def cpu_meter(pod) -> CpuMeter:
+    """CPU time of the gateway (this process), the pod (runner + worker) and a local store.
+
+    The steps of a checkpoint or restore run one after the other, so their summed CPU
+    time is roughly what the wall time would be on an otherwise idle machine.
+    """
+    pod_pid = pod.meta["process"].pid
+    stores = [
+        p.pid for p in psutil.Process().children(recursive=True) if p.name() == "redis-server"
+    ]
+    return CpuMeter(
+        {"gateway": [os.getpid()], "pod": [pod_pid, *descendant_pids(pod_pid)], "store": stores}
+    )
+
+
+def median_cpu(samples: list[dict]) -> dict:
+    """Per-group median CPU seconds, plus ``total`` (median of the per-run sums)."""
+    groups = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
+    groups["total"] = statistics.median(sum(s.values()) for s in samples)
+    return groups
 
 
 async def measure_resume(app, base: str, small: SmallKernel, rounds: int) -> dict:
@@ -431,9 +466,10 @@ def _verdict(ok: bool) -> str:
 def table(results: list[dict]) -> str:
     lines = [
         "Checkpoint = runner snapshot + store put; restore = store get + runner restore "
-        "into a fresh pod (median ms)",
+        "into a fresh pod (median ms); CPU = CPU time of gateway + pod + local redis-server",
         f"{'store':7} {'namespace':14} {'blob MB':>8} {'snapshot':>8} {'put':>8} "
-        f"{'ckpt':>8} {'gw ckpt':>8} {'get':>8} {'restore':>8} {'total':>8}  target",
+        f"{'ckpt':>8} {'gw ckpt':>8} {'get':>8} {'restore':>8} {'total':>8} "
+        f"{'ckpt CPU':>8} {'rest CPU':>8}  target",
     ]
     for store in results:
         for row in store["sizes"]:
@@ -446,7 +482,9 @@ def table(results: list[dict]) -> str:
                 f"{store['store']:7} {row['case']:14} {row['blob_bytes'] / MB:8.1f} "
                 f"{_ms(row['snapshot_s'])} {_ms(row['put_s'])} {_ms(row['checkpoint_s'])} "
                 f"{_ms(row['gateway_checkpoint_s'])} {_ms(row['get_s'])} "
-                f"{_ms(row['runner_restore_s'])} {_ms(row['restore_s'])}  {target}"
+                f"{_ms(row['runner_restore_s'])} {_ms(row['restore_s'])} "
+                f"{_ms(row['checkpoint_cpu_s']['total'])} {_ms(row['restore_cpu_s']['total'])}"
+                f"  {target}"
             )
     lines.append("")
     lines.append("Resume from hibernation: execute_request -> execute_reply on a fresh pod (ms)")
@@ -496,6 +534,7 @@ def stores_to_run(args, stack: contextlib.ExitStack, workdir: Path) -> list[tupl
 
 async def main_async(args) -> dict:
     started = datetime.now(UTC)
+    load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kcr-durbench-")))
         results = []
@@ -505,6 +544,7 @@ async def main_async(args) -> dict:
         "date": started.isoformat(timespec="seconds"),
         "machine": machine_info(DISTRIBUTIONS),
         "args": {"quick": args.quick, "repeat": args.repeat, "rounds": args.rounds},
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "targets": {
             "checkpoint_100MB_s": CHECKPOINT_TARGET_S,
             "restore_100MB_s": CHECKPOINT_TARGET_S,
@@ -544,7 +584,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     results = asyncio.run(main_async(args))
     print(machine_line(results["machine"]))
-    print(f"date: {results['date']}")
+    before, after = results["load_average_1min"]
+    print(f"date: {results['date']}; 1-minute load average {before:.1f} before, {after:.1f} after")
     print(table(results["stores"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
