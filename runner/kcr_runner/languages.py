@@ -213,7 +213,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
     ),
     "r": LanguageSpec(
         name="r",
-        worker_argv=_compiled("r"),
+        worker_argv=_python_module("kcr_runner.r_worker"),
         kernel_info=_info(
             "R",
             pretty="R",
@@ -224,15 +224,9 @@ LANGUAGES: dict[str, LanguageSpec] = {
             pygments_lexer="r",
             help_url="https://cran.r-project.org/manuals.html",
         ),
-        persists="workspace files only (each cell is a new Rscript run)",
-        toolchain=("Rscript",),
+        persists="variables, functions, attached packages, options (one R process)",
+        toolchain=("R",),
         sandbox_paths=("/etc/R",),
-        program=ProgramSpec(
-            source="main.R",
-            run=["Rscript", "--no-save", "--no-restore", "{src}"],
-            compile=["Rscript", "-e", "invisible(parse('{src}'))"],
-            env={"R_DEFAULT_DEVICE": "png"},
-        ),
         display_name="R (kcr)",
     ),
     "go": LanguageSpec(

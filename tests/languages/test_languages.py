@@ -88,6 +88,7 @@ CASES = {
         error='stop("boom")',
         stream='cat("first\\n"); flush(stdout()); Sys.sleep(2); cat("second\\n")',
         loop='cat("looping\\n"); flush(stdout()); repeat {}',
+        state=("x <- 41; inc <- function(v) v + 1", 'cat(inc(x), "\\n")'),
     ),
     "fortran": Case(
         hello="print *, 'hello kcr'",

@@ -61,10 +61,8 @@ async def test_the_line_and_column_of_the_error_are_the_cells(ts):
 
 
 async def test_functions_interfaces_and_inferred_types_carry_over(ts):
-    await ok(
-        ts,
-        "interface Point { x: number; y: number }\nfunction norm(p: Point) { return Math.hypot(p.x, p.y) }",
-    )  # noqa: E501
+    point = "interface Point { x: number; y: number }\n"
+    await ok(ts, point + "function norm(p: Point) { return Math.hypot(p.x, p.y) }")
     error = await type_error(ts, 'norm({ x: 1, y: "2" })')
     assert "TS2322" in error["evalue"]
     await ok(ts, "var total = norm({ x: 3, y: 4 })")  # inferred: number

@@ -1,0 +1,1 @@
+"""The R worker: one long-lived R process (``loop.R``) whose global environment persists."""
