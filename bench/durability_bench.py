@@ -343,9 +343,11 @@ def cpu_meter(pod) -> CpuMeter:
     time is roughly what the wall time would be on an otherwise idle machine.
     """
     pod_pid = pod.meta["process"].pid
-    stores = [
-        p.pid for p in psutil.Process().children(recursive=True) if p.name() == "redis-server"
-    ]
+    stores = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # pods come and go meanwhile
+            if child.name() == "redis-server":
+                stores.append(child.pid)
     return CpuMeter(
         {"gateway": [os.getpid()], "pod": [pod_pid, *descendant_pids(pod_pid)], "store": stores}
     )
