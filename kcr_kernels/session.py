@@ -302,10 +302,9 @@ class KernelSession:
             self._last_parent = parent
             self.set_state("busy", parent)
             try:
-                failed = await self._handle_shell(listener, msg)
+                await self._handle_shell(listener, msg)
             except Exception as e:  # a bug must not stop the kernel's queue
                 log.exception("kernel %s: %s failed", self.kernel_id, parent.get("msg_type"))
-                failed = False
                 self.reply(
                     listener,
                     "shell",
@@ -315,23 +314,21 @@ class KernelSession:
                 )
             finally:
                 self._current = None
-            if failed:
-                self._abort_queued_executes()
             if not self._closed:
                 self.set_state("idle", parent)
 
-    async def _handle_shell(self, listener: KernelListener, msg: dict) -> bool:
-        """Run one shell request; True when it was an execute that failed with stop_on_error."""
+    async def _handle_shell(self, listener: KernelListener, msg: dict) -> None:
+        """Run one shell request and send its reply."""
         msg_type = msg["header"]["msg_type"]
         parent = msg["header"]
         content = msg.get("content") or {}
         if msg_type == "kernel_info_request":
             await self._ensure_kernel_info()
             self.reply(listener, "shell", "kernel_info_reply", self.kernel_info_reply(), parent)
-            return False
+            return
         if msg_type in COMM_OPS:
             await self._call_runner_quietly(COMM_OPS[msg_type], content)
-            return False
+            return
         if msg_type not in RUNNER_OPS:
             log.info("kernel %s: unknown shell message %s", self.kernel_id, msg_type)
             if msg_type.endswith("_request"):
@@ -342,12 +339,13 @@ class KernelSession:
                     _error_content("UnknownMessageType", f"kcr kernels do not handle {msg_type}"),
                     parent,
                 )
-            return False
+            return
         if self.before_request is not None:
             await self.before_request()
         reply_type = msg_type.replace("_request", "_reply")
         if msg_type == "execute_request":
-            return await self._execute(listener, msg)
+            await self._execute(listener, msg)
+            return
         try:
             runner = self._require_runner()
             frame = await runner.request(RUNNER_OPS[msg_type], content)
@@ -360,9 +358,8 @@ class KernelSession:
             )
         except RunnerError as e:
             self.reply(listener, "shell", reply_type, _error_content("KernelDied", str(e)), parent)
-        return False
 
-    async def _execute(self, listener: KernelListener, msg: dict) -> bool:
+    async def _execute(self, listener: KernelListener, msg: dict) -> None:
         parent = msg["header"]
         content = dict(msg.get("content") or {})
         content.setdefault("silent", False)
@@ -402,12 +399,15 @@ class KernelSession:
             parent,
             metadata={"status": reply_content.get("status", "ok")},
         )
+        if reply_content.get("status") == "error" and stop_on_error and not silent:
+            # At once, with no await since the reply: only requests that were already queued
+            # when the client got the error are aborted, never one it sends in response.
+            self._abort_queued_executes()
         if self.after_execute is not None:
             try:
                 await self.after_execute(reply_content)
             except Exception:
                 log.exception("kernel %s: after-execute hook failed", self.kernel_id)
-        return reply_content.get("status") == "error" and bool(stop_on_error) and not silent
 
     def _died(self, error: RunnerError, parent: dict) -> dict:
         ename = "KernelDied" if isinstance(error, RunnerGone) else "RunnerError"
