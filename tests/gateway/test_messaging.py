@@ -253,8 +253,8 @@ async def test_a_cell_sent_after_an_error_reply_is_not_aborted(kernel):
     it saw the error reply (even before the kernel went idle)."""
     for _ in range(5):
         failed = kernel.send(kernel.make("execute_request", {"code": "1/0"}))
-        await wait_for(lambda: failed.reply is not None, 30, "error reply")
+        await wait_for(lambda f=failed: f.reply is not None, 30, "error reply")
         assert failed.reply["content"]["status"] == "error"
         after = kernel.send(kernel.make("execute_request", {"code": "print('ran')"}))
-        await wait_for(lambda: after.reply is not None, 30, "reply of the next cell")
+        await wait_for(lambda a=after: a.reply is not None, 30, "reply of the next cell")
         assert after.reply["content"]["status"] == "ok"
