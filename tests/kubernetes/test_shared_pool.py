@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import pytest
+from kubernetes import client
 
+from kcr_kernels.backends.kubernetes import KubernetesBackend
 from kcr_kernels.pool import PodPool, PoolConfig, PoolExhausted, is_shared_backend
+from tests.kubernetes.conftest import make_config
 from tests.kubernetes.conftest_constants import NAMESPACE
 from tests.kubernetes.k8s_helpers import eventually
 
 
 @pytest.fixture
-async def make_pool(make_backend):
-    """``await make_pool("replica-a", warm=2, max=0, live_kernels=...)`` -> a started pool."""
+async def make_pool(kube_api):
+    """``await make_pool("replica-a", warm=2, max=0, live_kernels=...)`` -> a started pool.
+
+    The pool starts its backend (one watch per language), as in the gateway.
+    """
     pools: list[PodPool] = []
 
     async def make(owner: str, warm: int = 2, max: int = 0, **kw) -> PodPool:
-        backend = await make_backend(owner)
+        backend = KubernetesBackend(
+            make_config(owner), api_client=client.ApiClient(kube_api.configuration())
+        )
         kw = {"health_interval": 0, "refill_interval": 0.2, "reap_interval": 0, **kw}
         pool = PodPool(backend, [PoolConfig("python", warm=warm, max=max)], **kw)
         pools.append(pool)
@@ -25,6 +33,7 @@ async def make_pool(make_backend):
     yield make
     for pool in pools:
         await pool.stop()
+        await pool.backend.close()
 
 
 def pods(kube_api, state: str | None = None) -> list[dict]:
@@ -76,7 +85,10 @@ async def test_leased_pods_are_reaped_only_when_their_kernel_is_gone(kube_api, k
     a = await make_pool("replica-a", warm=1, live_kernels=live_kernels)
     blind = await make_pool("replica-blind", warm=1)  # no live_kernels: never reaps a lease
     pod = await a.acquire("python", "kernel-1")
-    await eventually(lambda: blind.status()["python"]["leased"] == 1, what="lease seen")
+    await eventually(
+        lambda: a.status()["python"]["leased"] == blind.status()["python"]["leased"] == 1,
+        what="the lease seen by both watches",
+    )
 
     assert pod.name not in await blind.reap()
     assert pod.name not in await a.reap()  # kernel-1 is registered
@@ -95,7 +107,7 @@ async def test_a_registry_outage_skips_the_reaper_pass(kube_api, kubelet, make_p
     b = await make_pool("replica-b", warm=1, live_kernels=broken)
     pod = await a.acquire("python", "kernel-1")
     await eventually(lambda: b.status()["python"]["leased"] == 1, what="lease seen")
-    assert await b.reap() == []
+    assert await b.reap() == []  # not even warm pods beyond the target: the pass is skipped
     assert kube_api.get(NAMESPACE, pod.name) is not None
 
 
