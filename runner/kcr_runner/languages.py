@@ -141,7 +141,7 @@ def _compiled(name: str) -> Callable[[], list[str]]:
 
 
 # JVM sizes that fit the sandbox's 4 GiB address-space limit; tiered level 1 starts fastest.
-_JVM = [
+JVM_OPTIONS = [
     "-Xmx512m",
     "-Xss8m",
     "-XX:ReservedCodeCacheSize=64m",
@@ -338,7 +338,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
     ),
     "java": LanguageSpec(
         name="java",
-        worker_argv=_compiled("java"),
+        worker_argv=_python_module("kcr_runner.java_worker"),
         kernel_info=_info(
             "java",
             pretty="Java",
@@ -349,18 +349,9 @@ LANGUAGES: dict[str, LanguageSpec] = {
             pygments_lexer="java",
             help_url="https://docs.oracle.com/en/java/javase/17/docs/api/",
         ),
-        persists="workspace files only (each cell is a new program)",
+        persists="variables, methods, classes, imports (one JShell in one JVM)",
         toolchain=("javac", "java"),
         sandbox_paths=("/etc/java-17-openjdk",),
-        program=ProgramSpec(
-            source="Main.java",
-            compile=["javac", *[f"-J{o}" for o in _JVM], "-d", "{dir}", "{src}"],
-            run=["java", *_JVM, "-cp", "{dir}", "{stem}"],
-            entry_pattern=r"\bclass\s+\w+",
-            stem_pattern=r"public\s+(?:final\s+)?class\s+(\w+)",
-            wrapper="import java.util.*;\n\npublic class Main {\n"
-            "public static void main(String[] args) throws Exception {\n{code}\n}\n}\n",
-        ),
         display_name="Java (kcr)",
     ),
     "php": LanguageSpec(

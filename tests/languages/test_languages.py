@@ -76,6 +76,7 @@ CASES = {
         error='throw new IllegalStateException("boom");',
         stream='System.out.println("first"); Thread.sleep(1500); System.out.println("second");',
         loop='System.out.println("looping"); while (true) {}',
+        state=("int x = 41; int inc(int v) { return v + 1; }", "System.out.println(inc(x));"),
     ),
     "php": Case(
         hello='echo "hello kcr\\n";',
