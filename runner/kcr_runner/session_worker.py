@@ -125,8 +125,10 @@ class SessionWorker(SubprocessWorker):
             line = self._read_status()
             if line is None:
                 return self._restart()
+            # the process wrote its marks before the status line: they are in the pipes, so a
+            # long wait only matters when this machine is very busy (EOF ends it too)
             for pump, seen in zip(self.pumps, marks, strict=True):
-                pump.wait_marks(seen + 1, 2.0)
+                pump.wait_marks(seen + 1, 30.0)
             result = json.loads(line)
             for path in result.get("plots") or []:
                 self._send_png(path)
