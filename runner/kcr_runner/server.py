@@ -4,7 +4,6 @@ protocol to a ``WorkerProcess``. The API is documented in ``runner/README.md``."
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
@@ -195,7 +194,7 @@ class SnapshotHandler(BodyHandler):
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("X-KCR-State-Errors", json.dumps(reply.get("skipped", [])))
         self.set_header("X-KCR-State-Names", json.dumps(reply.get("names", [])))
-        self.finish(base64.b64decode(reply["blob"]))
+        self.finish(bytes(reply["blob"]))
 
 
 class RestoreHandler(BodyHandler):
@@ -206,7 +205,7 @@ class RestoreHandler(BodyHandler):
         if not self.body_ok():
             return
         worker = self.state.worker
-        blob = base64.b64encode(bytes(self._body)).decode()
+        blob = bytes(self._body)
         try:
             _, reply = await worker.request(worker.new_id(), "restore", {"blob": blob}, None)
         except WorkerDied as exc:

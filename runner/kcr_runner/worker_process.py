@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .worker_protocol import REPLY_TYPES, decode, encode
+from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
@@ -167,7 +167,10 @@ class WorkerProcess:
     async def _write(self, message: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         try:
+            message, blob = split_blob(message)
             self.proc.stdin.write(encode(message))
+            if blob is not None:
+                self.proc.stdin.write(blob)
             await self.proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the reader sees EOF and records the death
@@ -186,7 +189,10 @@ class WorkerProcess:
                 if not line:
                     break
                 try:
-                    self._dispatch(decode(line))
+                    message = decode(line)
+                    if message.get("binary"):
+                        message["content"]["blob"] = await stdout.readexactly(message.pop("binary"))
+                    self._dispatch(message)
                 except Exception:
                     log.exception("bad message from the worker: %r", line[:200])
         finally:

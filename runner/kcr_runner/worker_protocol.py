@@ -56,6 +56,17 @@ REPLY_TYPES = {
 }
 
 
+def split_blob(message: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """Take a bytes ``content["blob"]`` out of ``message``: the line then says ``"binary": N``
+    and the N raw bytes follow it (no base64 and no JSON for state blobs)."""
+    content = message.get("content")
+    if isinstance(content, dict) and isinstance(content.get("blob"), (bytes, bytearray)):
+        blob = content["blob"]
+        content = {k: v for k, v in content.items() if k != "blob"}
+        return {**message, "content": content, "binary": len(blob)}, blob
+    return message, None
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One protocol line: compact JSON plus a newline (json never emits raw newlines)."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

@@ -111,6 +111,7 @@ async def test_unpicklable_values_are_named_after_a_move(durable, on_durable):
     r = await client.execute("print(fine, 'lock' in dir())")
     assert r.stdout == "1 False\n"
     assert "moved to a new pod" in r.stderr
+    assert "Not restored: lock." in r.stderr
 
 
 async def test_restart_clears_the_checkpoint_too(durable, on_durable):
@@ -269,3 +270,19 @@ async def test_redis_outage_at_checkpoint_time_is_a_warning(tmp_path):
     finally:
         await app.stop_async()
         redis.close()
+
+
+async def test_restored_functions_see_the_live_namespace(durable, on_durable):
+    kernel_id, client = on_durable
+    code = (
+        "counter = 1\n"
+        "def read():\n    return counter\n"
+        "class Box:\n    def get(self):\n        return counter\n"
+    )
+    await client.execute(code)
+    await checkpointed(durable, kernel_id)
+    await kill_pod(durable, kernel_id)
+    r = await client.execute(
+        "counter = 2\nprint(read(), Box().get(), read.__globals__ is globals())"
+    )
+    assert r.stdout == "2 2 True\n", r.stderr

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..worker_protocol import decode, encode
+from ..worker_protocol import decode, encode, split_blob
 
 
 class ProtocolChannel:
@@ -35,10 +35,13 @@ class ProtocolChannel:
         self._reader.start()
 
     def send(self, message: dict[str, Any]) -> None:
+        message, blob = split_blob(message)
         data = encode(message)
         with self._write_lock:
             try:
                 self._wfile.write(data)
+                if blob is not None:
+                    self._wfile.write(blob)
                 self._wfile.flush()
             except (BrokenPipeError, ValueError):
                 os._exit(0)  # the runner is gone: nothing left to serve
@@ -56,6 +59,8 @@ class ProtocolChannel:
             except ValueError as exc:
                 print(f"kcr worker: bad protocol line ignored: {exc}", file=sys.__stderr__)
                 continue
+            if message.get("binary"):
+                message["content"]["blob"] = self._rfile.read(message.pop("binary"))
             kind = message.get("type")
             if kind == "request":
                 self.requests.put(message)

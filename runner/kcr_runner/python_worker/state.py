@@ -19,7 +19,9 @@ recorded in the header and re-imported on restore instead of being pickled.
 from __future__ import annotations
 
 import importlib
+import io
 import json
+import pickle
 import platform
 import struct
 import types
@@ -91,7 +93,7 @@ def snapshot(shell, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
             continue
         values[name] = value
     try:
-        payload = cloudpickle.dumps(values)
+        payload = _dumps(values, shell.user_ns)
     except Exception:
         # Find the culprits one by one, then pickle the rest together (shared references kept).
         for name in list(values):
@@ -100,7 +102,7 @@ def snapshot(shell, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
             except Exception as exc:
                 skipped.append({"name": name, "reason": f"{type(exc).__name__}: {exc}"})
                 del values[name]
-        payload = cloudpickle.dumps(values)
+        payload = _dumps(values, shell.user_ns)
     compressed = lz4.frame.compress(payload)
     header = {
         "python": platform.python_version(),
@@ -164,7 +166,7 @@ def restore(shell, blob: bytes) -> dict[str, Any]:
         except Exception as exc:
             errors.append({"name": name, "reason": f"from {module_name} import {qualname}: {exc}"})
     try:
-        values = cloudpickle.loads(lz4.frame.decompress(compressed))
+        values = _loads(lz4.frame.decompress(compressed), shell.user_ns)
     except Exception as exc:
         raise BadStateBlob(f"state payload could not be loaded: {type(exc).__name__}: {exc}")
     shell.user_ns.update(values)
@@ -173,3 +175,44 @@ def restore(shell, blob: bytes) -> dict[str, Any]:
     if isinstance(count, int) and count > shell.execution_count:
         shell.execution_count = count
     return {"restored": sorted(restored), "errors": errors}
+
+
+# Functions and classes defined in cells have the user namespace as their globals. cloudpickle
+# would give them a private copy of the globals they read, so after a restore `counter = 2`
+# in a cell would not be seen by a restored `f()` that reads `counter`. Instead, the namespace
+# is pickled as a reference (a persistent id) that the loader resolves to the live namespace
+# of the new kernel: restored functions see later assignments, as before the move.
+_NAMESPACE = "kcr:user_ns"
+
+
+class _NamespacePickler(cloudpickle.Pickler):
+    def __init__(self, file, namespace: dict):
+        super().__init__(file)
+        self._namespace = namespace
+        # cloudpickle gives functions with the same __globals__ one shared globals dict:
+        # make that dict the namespace itself.
+        self.globals_ref[id(namespace)] = namespace
+
+    def persistent_id(self, obj):
+        return _NAMESPACE if obj is self._namespace else None
+
+
+class _NamespaceUnpickler(pickle.Unpickler):
+    def __init__(self, file, namespace: dict):
+        super().__init__(file)
+        self._namespace = namespace
+
+    def persistent_load(self, pid):
+        if pid == _NAMESPACE:
+            return self._namespace
+        raise pickle.UnpicklingError(f"unknown reference in the state blob: {pid!r}")
+
+
+def _dumps(values: dict[str, Any], namespace: dict) -> bytes:
+    buffer = io.BytesIO()
+    _NamespacePickler(buffer, namespace).dump(values)
+    return buffer.getvalue()
+
+
+def _loads(data: bytes, namespace: dict) -> Any:
+    return _NamespaceUnpickler(io.BytesIO(data), namespace).load()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import builtins
 import getpass
 import signal
@@ -256,14 +255,14 @@ class PythonWorker:
             return {"status": "error", "reason": "state_too_large", "message": str(exc)}
         return {
             "status": "ok",
-            "blob": base64.b64encode(blob).decode(),
+            "blob": blob,
             "names": header["names"] + sorted(header["modules"]) + sorted(header["imports"]),
             "skipped": header["skipped"],
         }
 
     def op_restore(self, request_id: str, content: dict[str, Any]) -> dict[str, Any]:
         try:
-            blob = base64.b64decode(content.get("blob", ""), validate=True)
+            blob = content.get("blob", b"")
             result = state.restore(self.shell, blob)
         except (state.BadStateBlob, ValueError) as exc:
             return {"status": "error", "reason": "bad_state", "message": str(exc)}
