@@ -88,8 +88,13 @@ async def restore(store: KernelStore, kernel_id: str, runner: RunnerClient) -> R
         result = await runner.call_json_body("POST", "/state/restore", blob, timeout=300)
     except RunnerError as e:
         return RestoreResult(True, meta.get("created"), error=f"restoring the state failed: {e}")
+    # Values the checkpoint could not pickle are missing too: name them with the failures.
+    not_saved = [e for e in meta.get("errors", []) if isinstance(e, dict) and e.get("name")]
     return RestoreResult(
-        True, meta.get("created"), result.get("restored", []), result.get("errors", [])
+        True,
+        meta.get("created"),
+        result.get("restored", []),
+        not_saved + result.get("errors", []),
     )
 
 

@@ -351,7 +351,10 @@ class KCRGateway(JupyterApp):
 
     async def start_async(self) -> None:
         """Start pools, kernel manager and HTTP server; returns once listening."""
-        AsyncHTTPClient.configure(None, max_clients=1024)
+        # Large enough for a kernel's whole state in one response (tornado's default: 100 MiB).
+        AsyncHTTPClient.configure(
+            None, max_clients=1024, max_body_size=self.max_state_bytes + (64 << 20)
+        )
         self.init_components()
         await asyncio.to_thread(Path(self.data_dir).mkdir, parents=True, exist_ok=True)
         try:

@@ -90,6 +90,7 @@ class RemoteKernel(LoggingConfigurable):
         self.dirty = False  # code ran since the last checkpoint
         self.checkpoint_timer: asyncio.TimerHandle | None = None
         self.interrupts_seen: set[str] = set()
+        self.last_checkpoint: float | None = None  # when its state was last saved
 
     @property
     def attached(self) -> bool:
@@ -126,6 +127,7 @@ class RemoteKernel(LoggingConfigurable):
             "last_activity": self.last_activity,
             "state": state,
             "owner": owner,
+            "checkpointed": self.last_checkpoint,
         }
 
 
@@ -294,6 +296,8 @@ class KCRKernelManager(LoggingConfigurable):
         )
         if record and record.get("last_activity"):
             kernel.last_activity = record["last_activity"]
+        if record:
+            kernel.last_checkpoint = record.get("checkpointed")
         kernel.session = self._new_session(kernel)
         # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
         kernel.session.kernel_info = dict(self._kernel_info.get(language) or {})
@@ -453,7 +457,7 @@ class KCRKernelManager(LoggingConfigurable):
             if restore_state:
                 result = await checkpoints.restore(self.store, kernel.kernel_id, kernel.runner)
             await self._save_record(kernel, "running")
-        notice = _resume_notice(lost_reason, result)
+        notice = _resume_notice(lost_reason, result, kernel.last_checkpoint)
         if notice:
             kernel.session.tell_user(notice)
         self.log.info(
@@ -538,6 +542,7 @@ class KCRKernelManager(LoggingConfigurable):
                 kernel.session.tell_user(f"[kcr] warning: {result.error}.\n")
             metrics.CHECKPOINTS.labels(outcome="failed").inc()
         else:
+            kernel.last_checkpoint = time.time()
             metrics.CHECKPOINTS.labels(outcome="saved").inc()
             metrics.CHECKPOINT_BYTES.observe(result.size)
             self.log.debug(
@@ -727,16 +732,22 @@ class KCRKernelManager(LoggingConfigurable):
             return None
 
 
-def _resume_notice(lost_reason: str | None, result) -> str:
+def _resume_notice(lost_reason: str | None, result, last_checkpoint: float | None) -> str:
     """The one stderr line a user sees when their kernel moved to a new pod."""
-    if lost_reason is None and (result is None or not (result.errors or result.error)):
-        return ""
-    parts = []
-    if lost_reason:
-        parts.append(f"[kcr] The kernel moved to a new pod ({lost_reason}).")
+    state_gone = result is not None and not result.found and last_checkpoint is not None
+    if lost_reason is None and not state_gone:
+        if result is None or not (result.errors or result.error):
+            return ""
+    parts = [f"[kcr] The kernel moved to a new pod ({lost_reason or 'it was resumed'})."]
     if result is not None and result.found and result.created:
         when = datetime.fromtimestamp(result.created).strftime("%H:%M:%S")
         parts.append(f"State restored as of {when}.")
+    elif state_gone:
+        when = datetime.fromtimestamp(last_checkpoint).strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(
+            f"Its saved state (from {when}) is no longer in the store (expired or deleted): "
+            "variables are lost."
+        )
     elif lost_reason:
         parts.append("No saved state existed: variables are lost.")
     if result is not None and result.errors:

@@ -286,3 +286,15 @@ async def test_restored_functions_see_the_live_namespace(durable, on_durable):
         "counter = 2\nprint(read(), Box().get(), read.__globals__ is globals())"
     )
     assert r.stdout == "2 2 True\n", r.stderr
+
+
+async def test_a_resume_whose_saved_state_expired_says_so(durable, on_durable):
+    kernel_id, client = on_durable
+    await client.execute("precious = 1")
+    await checkpointed(durable, kernel_id)
+    kernel = durable.kernel_manager.get_kernel(kernel_id)
+    assert await durable.kernel_manager.hibernate(kernel, "test")
+    await durable.kernel_store.delete_state(kernel_id)  # as a state_ttl expiry would
+    r = await client.execute("print('precious' in dir())")
+    assert r.stdout == "False\n"
+    assert "no longer in the store" in r.stderr
