@@ -155,8 +155,13 @@ class PodPool:
         live_kernels: Callable[[], Awaitable[Iterable[str]]] | None = None,
         refill_interval: float = 2.0,
         reap_interval: float = 30.0,
+        prepare: Callable[[Pod], Awaitable[None]] | None = None,
     ) -> None:
         self.backend = backend
+        # Called with each pod this replica started, once it is ready and before it counts
+        # as warm (the gateway opens the runner channel there, off the start path). A pod
+        # whose preparation fails is destroyed like one that did not start.
+        self.prepare = prepare
         self.shared = is_shared_backend(backend)
         self.live_kernels = live_kernels
         self.refill_interval = refill_interval
@@ -429,7 +434,10 @@ class PodPool:
             raise PodStartError(f"could not create a {language} pod: {e}")
         lp.starting[pod.name] = pod
         try:
-            return await self.backend.wait_ready(pod, seconds)
+            pod = await self.backend.wait_ready(pod, seconds)
+            if self.prepare is not None:
+                await asyncio.wait_for(self.prepare(pod), seconds)
+            return pod
         except PodStartError:
             await asyncio.shield(self._delete(pod))  # wait_ready should have; make sure
             raise

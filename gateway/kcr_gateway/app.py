@@ -305,6 +305,7 @@ class KCRGateway(JupyterApp):
             default_kernel_name=self.default_kernel_name,
             start_timeout=self.pod_start_timeout,
         )
+        self.pool.prepare = self.kernel_manager.prepare_pod
         self.identity_provider = KCRIdentityProvider(
             parent=self, log=self.log, token=self.auth_token
         )

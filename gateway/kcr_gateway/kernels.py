@@ -393,11 +393,15 @@ class KCRKernelManager(LoggingConfigurable):
             raise web.HTTPError(503, f"No pod available for {kernel.language}: {e}")
         except PodStartError as e:
             raise web.HTTPError(503, f"The kernel's pod did not start: {e}")
-        runner = RunnerClient(
-            pod.url, pod.token, on_lost=lambda: self._on_pod_lost(kernel, pod, "its pod stopped")
-        )
+        on_lost = lambda: self._on_pod_lost(kernel, pod, "its pod stopped")  # noqa: E731
+        runner = pod.meta.pop("runner", None)  # connected while the pod was warm
         try:
-            await runner.connect()
+            if runner is None or runner.lost:
+                runner = RunnerClient(pod.url, pod.token)
+                await runner.connect()
+            runner.on_lost = on_lost
+            if runner.lost:  # died between the pool's check and now
+                raise RunnerError("the pod's runner went away")
             if kernel.env:
                 await runner.set_env({k: str(v) for k, v in kernel.env.items()})
             info = self._kernel_info.get(kernel.language)
@@ -417,6 +421,15 @@ class KCRKernelManager(LoggingConfigurable):
         kernel.pod, kernel.runner = pod, runner
         kernel.lost_reason = None
         kernel.hibernated = False
+
+    async def prepare_pod(self, pod: Pod) -> None:
+        """Open a warm pod's runner channel (and learn its kernel_info) before any kernel
+        needs it, so a kernel start is a lease plus a few small calls."""
+        runner = RunnerClient(pod.url, pod.token)
+        await runner.connect()
+        if pod.language not in self._kernel_info:
+            self._kernel_info[pod.language] = await runner.kernel_info()
+        pod.meta["runner"] = runner
 
     async def _drop_pod(self, kernel: RemoteKernel) -> None:
         """Detach and destroy the kernel's pod (no checkpoint)."""
