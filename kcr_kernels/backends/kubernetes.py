@@ -323,6 +323,7 @@ class KubernetesBackend(PodBackend):
         return (obj["metadata"].get("labels") or {}).get(STATE_LABEL, "")
 
     async def delete(self, pod: Pod) -> None:
+        pod.meta["deleted"] = True  # not alive from now on, before the watch reports it
         await self._delete_name(pod.name)
 
     async def _delete_name(self, name: str, resource_version: str | None = None) -> bool:
@@ -340,6 +341,8 @@ class KubernetesBackend(PodBackend):
         return True
 
     async def alive(self, pod: Pod) -> bool:
+        if pod.meta.get("deleted"):
+            return False
         obj = self._cache.get(pod.name)
         return obj is not None and not _failed(obj) and not obj["metadata"].get("deletionTimestamp")
 
