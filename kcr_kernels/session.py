@@ -285,10 +285,15 @@ class KernelSession:
         return info
 
     async def interrupt(self) -> dict:
+        """Interrupt the running cell. Sent on the runner channel, so it is ordered after the
+        execute it is meant for (an HTTP call could overtake it)."""
         if self.runner is None:
             return {"status": "ok"}
         try:
-            await self.runner.interrupt()
+            if self.runner.connected:
+                await self.runner.send("interrupt", {}, "interrupt")
+            else:
+                await self.runner.interrupt()
         except RunnerError as e:
             return _error_content("InterruptFailed", str(e))
         return {"status": "ok"}

@@ -409,6 +409,10 @@ class ChannelHandler(websocket.WebSocketHandler):
             asyncio.ensure_future(
                 self.state.worker.send_input(worker_id, str(content.get("value", "")))
             )
+        elif op == "interrupt":
+            # Same effect as POST /interrupt, but ordered after the frames sent before it on
+            # this socket: an interrupt sent right after an execute never overtakes it.
+            asyncio.ensure_future(self.state.worker.interrupt())
         elif op == "kernel_info":
             self.send(
                 {
@@ -427,7 +431,7 @@ class ChannelHandler(websocket.WebSocketHandler):
                 request_id,
                 "unknown_op",
                 f"unknown op {op!r}; known ops: "
-                f"{', '.join(sorted([*CHANNEL_OPS, 'input_reply', 'kernel_info']))}",
+                f"{', '.join(sorted([*CHANNEL_OPS, 'input_reply', 'interrupt', 'kernel_info']))}",
             )
 
     async def _request(self, request_id: Any, op: str, content: dict[str, Any]) -> None:

@@ -258,3 +258,21 @@ async def test_a_cell_sent_after_an_error_reply_is_not_aborted(kernel):
         after = kernel.send(kernel.make("execute_request", {"code": "print('ran')"}))
         await wait_for(lambda a=after: a.reply is not None, 30, "reply of the next cell")
         assert after.reply["content"]["status"] == "ok"
+
+
+async def test_an_interrupt_sent_right_after_an_execute_is_never_lost(kernel, base_url):
+    """A client may interrupt as soon as it has sent the cell (it sees busy, not yet the
+    cell's execute_input): the interrupt must still stop that cell."""
+    for _ in range(5):
+        running = kernel.send(
+            kernel.make("execute_request", {"code": "import time; time.sleep(60)"})
+        )
+        await wait_for(
+            lambda r=running: any(m["msg_type"] == "status" for m in r.iopub), 30, "busy"
+        )
+        r = await http(base_url, "POST", f"/api/kernels/{kernel.kernel_id}/interrupt")
+        assert r.code == 204
+        await wait_for(lambda r=running: r.reply is not None, 30, "interrupted cell's reply")
+        assert running.reply["content"]["ename"] == "KeyboardInterrupt"
+    after = await kernel.execute("print('fine')")
+    assert after.stdout == "fine\n"

@@ -6,6 +6,7 @@ import builtins
 import getpass
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -24,8 +25,11 @@ class PythonWorker:
     """Serves queued requests on the main thread, one at a time, against one ``WorkerShell``.
 
     Interrupts arrive on the protocol reader thread, which signals the main thread with SIGINT
-    while (and only while) a cell is running: the cell gets ``KeyboardInterrupt`` (or
-    ``TimeoutError`` for a runner-side cell timeout) and the namespace survives.
+    while a cell is running: the cell gets ``KeyboardInterrupt`` (or ``TimeoutError`` for a
+    runner-side cell timeout) and the namespace survives. An interrupt that arrives while an
+    execute request is queued or being set up (a client may interrupt as soon as it sees the
+    kernel busy) is kept for that cell, which then ends with ``KeyboardInterrupt`` before
+    running; an interrupt while nothing is to be executed is ignored.
     """
 
     def __init__(self, channel: ProtocolChannel, router: OutputRouter, shell: WorkerShell):
@@ -38,6 +42,9 @@ class PythonWorker:
         self.executing = False
         self._allow_stdin = False
         self._interrupt_exc: BaseException | None = None
+        self._interrupt_lock = threading.Lock()
+        self._pending_interrupt = False
+        self.current_op: str | None = None
         shell.sink = self._sink
         signal.signal(signal.SIGINT, self._on_sigint)
         builtins.input = self._input
@@ -57,11 +64,28 @@ class PythonWorker:
 
     # -- interrupts ---------------------------------------------------------------------------
     def on_interrupt(self, message: dict[str, Any]) -> None:
-        if not self.executing:
-            return
-        if message.get("reason") == "timeout":
-            self._interrupt_exc = TimeoutError(message.get("message") or "cell timed out")
-        interrupt_main_thread()
+        with self._interrupt_lock:
+            if self.executing:
+                if message.get("reason") == "timeout":
+                    self._interrupt_exc = TimeoutError(message.get("message") or "cell timed out")
+                interrupt_main_thread()
+            elif self._execute_waiting():
+                self._pending_interrupt = True
+
+    def _execute_waiting(self) -> bool:
+        """An execute request is being set up, or is the next one queued."""
+        if self.current_op == "execute":
+            return True
+        requests = self.channel.requests
+        with requests.mutex:
+            return bool(requests.queue) and requests.queue[0].get("op") == "execute"
+
+    def _start_executing(self) -> bool:
+        """Mark a cell as running; False when an interrupt for it came in already."""
+        with self._interrupt_lock:
+            self.executing = True
+            pending, self._pending_interrupt = self._pending_interrupt, False
+            return not pending
 
     def _on_sigint(self, signum, frame) -> None:
         __tracebackhide__ = True  # IPython leaves this frame out of the user's traceback
@@ -109,6 +133,7 @@ class PythonWorker:
             reply = _error_reply("ValueError", f"unknown op {op!r}")
         else:
             self.current = request_id
+            self.current_op = op
             try:
                 reply = handler(request_id, content)
             except KeyboardInterrupt:
@@ -117,6 +142,7 @@ class PythonWorker:
                 reply = _error_reply(type(exc).__name__, str(exc), traceback.format_exc())
             finally:
                 self.current = None
+                self.current_op = None
         self.channel.reply(request_id, msg_type, reply)
 
     # -- ops ------------------------------------------------------------------------------------
@@ -133,12 +159,17 @@ class PythonWorker:
         try:
             # Interruptible from before execute_input leaves: a client may interrupt as soon
             # as it sees it, before run_cell has started.
-            self.executing = True
+            runnable = self._start_executing()
             try:
                 self.channel.event(
                     request_id, "execute_input", {"code": code, "execution_count": count}
                 )
-                result = shell.run_cell(code, store_history=store_history, silent=silent)
+                if runnable:
+                    result = shell.run_cell(code, store_history=store_history, silent=silent)
+                else:
+                    shell.showtraceback(
+                        (KeyboardInterrupt, KeyboardInterrupt("interrupted before it ran"), None)
+                    )
             finally:
                 self.executing = False
         except KeyboardInterrupt:  # landed outside IPython's own handler
