@@ -136,6 +136,14 @@ class SessionWorker(SubprocessWorker):
             shutil.rmtree(plots, ignore_errors=True)
         if self.interrupt_reason is not None:
             return None
+        if result.get("status") == "interrupted":
+            # The process saw an interrupt although none was sent for this cell: a signal for
+            # the previous cell delivered late. Say so rather than report a silent success.
+            return error_content(
+                "KeyboardInterrupt",
+                "an interrupt meant for the previous cell arrived late and stopped this one; "
+                "run it again",
+            )
         if result.get("status") == "error":
             return error_content(
                 str(result.get("ename") or "Error"),

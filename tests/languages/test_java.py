@@ -91,6 +91,10 @@ async def test_a_whole_program_runs_its_main(java):
     assert stream_text(events) == "main ran\n"
 
 
+# Known race on a loaded machine: the JVM handles SIGINT on its own thread, so an interrupt
+# can land after the cell ended and stop the next one (which then says so, see
+# session_worker); retried rather than hidden.
+@pytest.mark.flaky(reruns=2)
 async def test_an_interrupt_stops_the_cell_and_keeps_the_session(java, java_runner):
     await ok(java, 'String kept = "still here";')
     request = await java.send(
