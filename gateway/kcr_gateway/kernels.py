@@ -91,6 +91,7 @@ class RemoteKernel(LoggingConfigurable):
         self.checkpoint_timer: asyncio.TimerHandle | None = None
         self.interrupts_seen: set[str] = set()
         self.last_checkpoint: float | None = None  # when its state was last saved
+        self.file_sync: asyncio.Future | None = None  # the last cell's file sync, if running
 
     @property
     def attached(self) -> bool:
@@ -360,6 +361,7 @@ class KCRKernelManager(LoggingConfigurable):
             kernel.touch()
 
         async def before_request() -> None:
+            await self._settle_files(kernel)
             if not kernel.attached:
                 await self._resume(kernel)
 
@@ -372,7 +374,9 @@ class KCRKernelManager(LoggingConfigurable):
             kernel.dirty = True
             self._schedule_checkpoint(kernel)
             if self.files is not None and kernel.runner is not None:
-                await self._sync_files(kernel)
+                # In the background, so the cell's idle is not held back; the next request
+                # and any release of the pod wait for it (_settle_files).
+                kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel))
 
         return KernelSession(
             kernel.kernel_id,
@@ -431,8 +435,18 @@ class KCRKernelManager(LoggingConfigurable):
             self._kernel_info[pod.language] = await runner.kernel_info()
         pod.meta["runner"] = runner
 
+    async def _settle_files(self, kernel: RemoteKernel) -> None:
+        """Wait for the file sync of the last cell, if it is still running."""
+        task, kernel.file_sync = kernel.file_sync, None
+        if task is not None and not task.done():
+            try:
+                await task
+            except Exception:
+                self.log.exception("Kernel %s: file sync failed", kernel.kernel_id)
+
     async def _drop_pod(self, kernel: RemoteKernel) -> None:
-        """Detach and destroy the kernel's pod (no checkpoint)."""
+        """Detach and destroy the kernel's pod (no checkpoint); its last files are saved first."""
+        await self._settle_files(kernel)
         if kernel.checkpoint_timer is not None:
             kernel.checkpoint_timer.cancel()
             kernel.checkpoint_timer = None
@@ -567,7 +581,10 @@ class KCRKernelManager(LoggingConfigurable):
         return result
 
     async def _sync_files(self, kernel: RemoteKernel) -> None:
-        result = await self.files.sync(kernel.kernel_id, kernel.runner)
+        runner = kernel.runner
+        if runner is None:
+            return
+        result = await self.files.sync(kernel.kernel_id, runner)
         if result.warning:
             kernel.session.tell_user(f"[kcr] warning: {result.warning}\n")
 
