@@ -75,7 +75,7 @@ class KernelSession:
         on_shutdown: Callable[[bool], Awaitable[None]] | None = None,
         on_activity: Callable[[str], None] | None = None,
         before_request: Callable[[], Awaitable[None]] | None = None,
-        after_execute: Callable[[dict], Awaitable[None]] | None = None,
+        after_execute: Callable[[dict, dict], Awaitable[None]] | None = None,
     ):
         self.kernel_id = kernel_id
         self.msg_factory = Session(username=username, key=b"")
@@ -393,6 +393,7 @@ class KernelSession:
             frame = await future
             reply_content = frame.get("content") or {}
         except RunnerError as e:
+            frame = {}
             reply_content = self._died(e, parent)
         if "execution_count" in reply_content:
             self.execution_count = reply_content["execution_count"]
@@ -410,7 +411,7 @@ class KernelSession:
             self._abort_queued_executes()
         if self.after_execute is not None:
             try:
-                await self.after_execute(reply_content)
+                await self.after_execute(reply_content, frame)
             except Exception:
                 log.exception("kernel %s: after-execute hook failed", self.kernel_id)
 

@@ -92,6 +92,7 @@ class RemoteKernel(LoggingConfigurable):
         self.interrupts_seen: set[str] = set()
         self.last_checkpoint: float | None = None  # when its state was last saved
         self.file_sync: asyncio.Future | None = None  # the last cell's file sync, if running
+        self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
 
     @property
     def attached(self) -> bool:
@@ -365,7 +366,7 @@ class KCRKernelManager(LoggingConfigurable):
             if not kernel.attached:
                 await self._resume(kernel)
 
-        async def after_execute(reply: dict) -> None:
+        async def after_execute(reply: dict, frame: dict) -> None:
             kernel.touch()
             metrics.EXECUTES.labels(language=kernel.language).inc()
             if reply.get("ename") == "KernelDied":
@@ -373,10 +374,13 @@ class KCRKernelManager(LoggingConfigurable):
                 return
             kernel.dirty = True
             self._schedule_checkpoint(kernel)
+            fingerprint = frame.get("workspace")
+            if fingerprint is not None and fingerprint == kernel.synced_workspace:
+                return  # the cell changed no file
             if self.files is not None and kernel.runner is not None:
                 # In the background, so the cell's idle is not held back; the next request
                 # and any release of the pod wait for it (_settle_files).
-                kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel))
+                kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel, fingerprint))
 
         return KernelSession(
             kernel.kernel_id,
@@ -423,6 +427,7 @@ class KCRKernelManager(LoggingConfigurable):
             await self.pool.release(pod)
             raise web.HTTPError(503, f"The kernel's pod did not answer: {e}")
         kernel.pod, kernel.runner = pod, runner
+        kernel.synced_workspace = None  # a new pod: its first cell syncs
         kernel.lost_reason = None
         kernel.hibernated = False
 
@@ -580,11 +585,13 @@ class KCRKernelManager(LoggingConfigurable):
             )
         return result
 
-    async def _sync_files(self, kernel: RemoteKernel) -> None:
+    async def _sync_files(self, kernel: RemoteKernel, fingerprint: str | None = None) -> None:
         runner = kernel.runner
         if runner is None:
             return
         result = await self.files.sync(kernel.kernel_id, runner)
+        if result.error is None and kernel.runner is runner:
+            kernel.synced_workspace = fingerprint
         if result.warning:
             kernel.session.tell_user(f"[kcr] warning: {result.warning}\n")
 

@@ -82,6 +82,24 @@ class Workspace:
         entries.sort(key=lambda e: e["path"])
         return entries
 
+    def fingerprint(self) -> str:
+        """A digest of every regular file's path, size, mtime and inode: it changes whenever
+        a file is created, changed or deleted (contents are not read)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                try:
+                    info = os.lstat(full)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    digest.update(
+                        f"{full}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode()
+                    )
+        return digest.hexdigest()
+
     def open_read(self, path: str):
         """A binary file object for ``path`` (a regular file, never through a symlink)."""
         full = self.resolve(path)

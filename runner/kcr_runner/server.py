@@ -463,7 +463,11 @@ class ChannelHandler(websocket.WebSocketHandler):
         finally:
             if self._executes.get(request_id) == worker_id:
                 del self._executes[request_id]
-        self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
+        frame = {"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply}
+        if op == "execute":
+            # Lets the gateway skip syncing the workspace when the cell changed no file.
+            frame["workspace"] = await asyncio.to_thread(self.state.workspace.fingerprint)
+        self.send(frame)
 
 
 def make_app(state: RunnerState) -> web.Application:
