@@ -34,3 +34,20 @@ def language_runner(request, tmp_path_factory):
     )
     yield runner
     runner.stop()
+
+
+async def ok(channel, code: str) -> list[dict]:
+    """Run ``code``; assert it succeeded; return its events."""
+    events, reply = await channel.execute(code, timeout=60)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return events
+
+
+async def failed(channel, code: str) -> tuple[list[dict], dict]:
+    """Run ``code``; assert it failed with one matching error event; return (events, reply)."""
+    events, reply = await channel.execute(code, timeout=60)
+    content = reply["content"]
+    assert content["status"] == "error", content
+    errors = [e["content"] for e in events if e["event"] == "error"]
+    assert errors == [{k: content[k] for k in ("ename", "evalue", "traceback")}]
+    return events, content

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.languages.conftest import missing_toolchain
+from tests.languages.conftest import failed, missing_toolchain, ok
 from tests.runner.conftest import RunnerProcess, stream_text
 
 pytestmark = pytest.mark.skipif(bool(missing_toolchain("r")), reason=str(missing_toolchain("r")))
@@ -28,21 +28,6 @@ async def r(r_runner):
     channel = await r_runner.channel()
     yield channel
     await channel.close()
-
-
-async def ok(channel, code: str) -> list[dict]:
-    events, reply = await channel.execute(code, timeout=60)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return events
-
-
-async def failed(channel, code: str) -> tuple[list[dict], dict]:
-    events, reply = await channel.execute(code, timeout=60)
-    content = reply["content"]
-    assert content["status"] == "error", content
-    errors = [e["content"] for e in events if e["event"] == "error"]
-    assert errors == [{k: content[k] for k in ("ename", "evalue", "traceback")}]
-    return events, content
 
 
 async def test_variables_functions_and_packages_persist(r):
