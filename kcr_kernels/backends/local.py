@@ -129,10 +129,14 @@ class LocalBackend(PodBackend):
         pod = Pod(name=name, language=language, token=token)
         workspace = self.pods_dir / name / "work"
         await asyncio.to_thread(workspace.mkdir, parents=True)
+        ready = asyncio.get_running_loop().create_future()
+        # A pod deleted while starting fails this future with nobody waiting: that is
+        # expected, not an "exception never retrieved".
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         pod.meta.update(
             workspace=workspace,
             stderr=collections.deque(maxlen=_STDERR_TAIL),
-            ready=asyncio.get_running_loop().create_future(),
+            ready=ready,
         )
         prefix: list[str] = []
         if self.sandboxed:
