@@ -69,6 +69,10 @@ class KCRGateway(JupyterApp):
     aliases = aliases
     flags = flags
 
+    @property
+    def classes(self):  # listed by --help-all and --generate-config
+        return [KCRGateway, KCRKernelManager, KCRKernelSpecManager, KCRIdentityProvider]
+
     # -- network ---------------------------------------------------------------
     ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
     port = Integer(8888, config=True, help="Port the gateway listens on (0: any free port).")
