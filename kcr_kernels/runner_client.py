@@ -133,7 +133,15 @@ class RunnerClient:
         pending = _Pending(on_event)
         self._pending[request_id] = pending
         pending.future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
-        asyncio.ensure_future(self._write({"id": request_id, "op": op, "content": content}))
+        sent = self._write_now({"id": request_id, "op": op, "content": content})
+        if sent is not None:
+            sent.add_done_callback(
+                lambda f: (
+                    f.cancelled()
+                    or f.exception() is None
+                    or self._channel_lost(f"write failed: {f.exception()}")
+                )
+            )
         return request_id, pending.future
 
     async def send(self, op: str, content: dict, request_id: str | None = None) -> None:
@@ -143,10 +151,21 @@ class RunnerClient:
         await self._write({"id": request_id, "op": op, "content": content})
 
     async def _write(self, frame: dict) -> None:
+        sent = self._write_now(frame)
+        if sent is None:
+            return
         try:
-            await self._ws.write_message(json.dumps(frame))
+            await sent
         except Exception as e:  # WebSocketClosedError, StreamClosedError
             self._channel_lost(f"write failed: {e}")
+
+    def _write_now(self, frame: dict) -> asyncio.Future | None:
+        """Queue ``frame`` on the socket at once (frames keep the order of these calls)."""
+        try:
+            return self._ws.write_message(json.dumps(frame))
+        except Exception as e:  # WebSocketClosedError, StreamClosedError
+            self._channel_lost(f"write failed: {e}")
+            return None
 
     async def _read_loop(self) -> None:
         ws = self._ws

@@ -91,6 +91,8 @@ class KernelSession:
         self._queue: asyncio.Queue[tuple[KernelListener, dict]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._current: tuple[KernelListener, dict, str] | None = None  # listener, msg, runner id
+        self._active: dict | None = None  # the shell request being handled (busy was published)
+        self._interrupt_pending = False  # an interrupt for an execute not yet sent to the runner
         self._last_parent: dict = {}
         self._closed = False
 
@@ -109,7 +111,7 @@ class KernelSession:
     @property
     def idle(self) -> bool:
         """No shell request is running or queued."""
-        return self._current is None and self._queue.empty()
+        return self._active is None and self._queue.empty()
 
     def detach_runner(self) -> RunnerClient | None:
         runner, self.runner = self.runner, None
@@ -287,6 +289,12 @@ class KernelSession:
     async def interrupt(self) -> dict:
         """Interrupt the running cell. Sent on the runner channel, so it is ordered after the
         execute it is meant for (an HTTP call could overtake it)."""
+        active = self._active
+        if self._current is None and active and active["header"]["msg_type"] == "execute_request":
+            # The client saw this cell busy, but it is not at the runner yet (its pod may be
+            # resuming): interrupt it as soon as it is sent.
+            self._interrupt_pending = True
+            return {"status": "ok"}
         if self.runner is None:
             return {"status": "ok"}
         try:
@@ -303,6 +311,7 @@ class KernelSession:
     async def _shell_loop(self) -> None:
         while True:
             listener, msg = await self._queue.get()
+            self._active = msg
             parent = msg["header"]
             self._last_parent = parent
             self.set_state("busy", parent)
@@ -319,6 +328,8 @@ class KernelSession:
                 )
             finally:
                 self._current = None
+                self._active = None
+                self._interrupt_pending = False
             if not self._closed:
                 self.set_state("idle", parent)
 
@@ -390,6 +401,9 @@ class KernelSession:
             runner = self._require_runner()
             request_id, future = runner.start_request("execute", content, on_event)
             self._current = (listener, msg, request_id)
+            if self._interrupt_pending:
+                self._interrupt_pending = False
+                await self.interrupt()  # queued on the socket behind the execute
             frame = await future
             reply_content = frame.get("content") or {}
         except RunnerError as e:

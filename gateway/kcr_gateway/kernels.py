@@ -617,7 +617,7 @@ class KCRKernelManager(LoggingConfigurable):
 
     async def interrupt_kernel(self, kernel_id: str) -> None:
         kernel = await self.adopt(kernel_id)
-        if kernel.attached:
+        if kernel.attached or not kernel.session.idle:  # running here, or about to
             result = await kernel.session.interrupt()
             if result.get("status") != "ok":
                 raise web.HTTPError(500, result.get("evalue", "interrupt failed"))

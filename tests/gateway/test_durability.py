@@ -298,3 +298,19 @@ async def test_a_resume_whose_saved_state_expired_says_so(durable, on_durable):
     r = await client.execute("print('precious' in dir())")
     assert r.stdout == "False\n"
     assert "no longer in the store" in r.stderr
+
+
+async def test_an_interrupt_while_the_kernel_resumes_stops_the_cell(durable, on_durable):
+    """The client sees the cell busy while its hibernated kernel is still getting a pod: an
+    interrupt then is kept and delivered behind the cell."""
+    kernel_id, client = on_durable
+    await client.execute("x = 1")
+    kernel = durable.kernel_manager.get_kernel(kernel_id)
+    assert await durable.kernel_manager.hibernate(kernel, "test")
+    running = client.send(client.make("execute_request", {"code": "import time; time.sleep(60)"}))
+    await wait_for(lambda: any(m["msg_type"] == "status" for m in running.iopub), 30, "busy")
+    assert (await http(base(durable), "POST", f"/api/kernels/{kernel_id}/interrupt")).code == 204
+    await wait_for(lambda: running.reply is not None, 30, "reply of the interrupted cell")
+    assert running.reply["content"]["ename"] == "KeyboardInterrupt"
+    r = await client.execute("print(x)")
+    assert r.stdout == "1\n"
