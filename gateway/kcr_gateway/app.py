@@ -396,6 +396,13 @@ class KCRGateway(JupyterApp):
         self.ready_once = True
         self.log.info("All pools are warm: the gateway is ready")
 
+    async def _bounded(self, step, what: str, seconds: float = 60.0) -> None:
+        """One shutdown step; a step that hangs is logged and left, never waited for forever."""
+        try:
+            await asyncio.wait_for(step, seconds)
+        except TimeoutError:
+            self.log.error("Shutdown: %s took longer than %ss; going on", what, seconds)
+
     def _bind(self):
         from tornado.netutil import bind_sockets
 
@@ -414,11 +421,11 @@ class KCRGateway(JupyterApp):
             self._ready_task.cancel()
         if self.kernel_manager is not None:
             self.kernel_manager.stop_background()
-            await self.kernel_manager.detach_all()
+            await self._bounded(self.kernel_manager.detach_all(), "hibernating kernels")
         if self.pool is not None:
-            await self.pool.stop()
+            await self._bounded(self.pool.stop(), "deleting pods")
         if getattr(self, "backend_impl", None) is not None:
-            await self.backend_impl.close()
+            await self._bounded(self.backend_impl.close(), "closing the backend")
         if getattr(self, "kernel_store", None) is not None:
             await self.kernel_store.close()
         if getattr(self, "workspace_sync", None) is not None:

@@ -27,6 +27,8 @@ from .sandbox import PidsCgroup, Sandbox, SandboxLimits
 
 READY_PREFIX = "KCR_RUNNER_READY "
 _STDERR_TAIL = 40
+#: Seconds delete() waits for a killed runner to be reaped.
+_EXIT_WAIT = 10.0
 # Environment variables passed from the gateway to a runner. Everything else
 # (store credentials, cloud keys, ...) stays in the gateway.
 _ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "COVERAGE_PROCESS_START")
@@ -280,8 +282,17 @@ class LocalBackend(PodBackend):
         if cgroup is not None:
             await asyncio.to_thread(PidsCgroup.kill_all, cgroup)
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                await proc.wait()  # reap: no zombies
+            try:
+                await asyncio.wait_for(proc.wait(), _EXIT_WAIT)  # reap: no zombies
+            except ProcessLookupError:
+                pass
+            except TimeoutError:  # never hang a shutdown on one process
+                self.log.error(
+                    "pod %s: runner pid %s did not exit %ss after SIGKILL",
+                    pod.name,
+                    proc.pid,
+                    _EXIT_WAIT,
+                )
             for task in pod.meta.get("readers", ()):
                 task.cancel()
         ready = pod.meta.get("ready")
