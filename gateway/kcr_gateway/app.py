@@ -33,7 +33,7 @@ from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__
 from .files import files_handlers
-from .handlers import NotFoundHandler, default_handlers
+from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
 from .kernels import KCRKernelManager
 from .websocket import KCRWebsocketConnection
@@ -317,7 +317,7 @@ class KCRGateway(JupyterApp):
     def make_web_app(self) -> web.Application:
         handlers = [
             (url_path_join(self.base_url, pattern), *rest)
-            for pattern, *rest in default_handlers() + files_handlers()
+            for pattern, *rest in with_json_errors(default_handlers() + files_handlers())
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader

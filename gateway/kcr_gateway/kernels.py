@@ -450,17 +450,21 @@ class KCRKernelManager(LoggingConfigurable):
                 self.log.exception("Kernel %s: file sync failed", kernel.kernel_id)
 
     async def _drop_pod(self, kernel: RemoteKernel) -> None:
-        """Detach and destroy the kernel's pod (no checkpoint); its last files are saved first."""
-        await self._settle_files(kernel)
-        if kernel.checkpoint_timer is not None:
-            kernel.checkpoint_timer.cancel()
-            kernel.checkpoint_timer = None
-        runner = kernel.session.detach_runner()
-        if runner is not None:
-            runner.close()
-        pod, kernel.pod, kernel.runner = kernel.pod, None, None
-        if pod is not None:
-            await self.pool.release(pod)
+        """Detach and destroy the kernel's pod (no checkpoint); its last files are saved first.
+
+        The pod is released whatever else fails (a pod is never leaked)."""
+        try:
+            await self._settle_files(kernel)
+            if kernel.checkpoint_timer is not None:
+                kernel.checkpoint_timer.cancel()
+                kernel.checkpoint_timer = None
+            runner = kernel.session.detach_runner()
+            if runner is not None:
+                runner.close()
+        finally:
+            pod, kernel.pod, kernel.runner = kernel.pod, None, None
+            if pod is not None:
+                await self.pool.release(pod)
 
     def _on_pod_lost(self, kernel: RemoteKernel, pod: Pod | None, why: str) -> None:
         if pod is None or kernel.pod is not pod or kernel.lost_reason:
@@ -640,11 +644,17 @@ class KCRKernelManager(LoggingConfigurable):
         async with kernel.lock:
             await self._take_lease(kernel)
             self._kernels.pop(kernel_id, None)
-            await kernel.session.close()
-            await self._drop_pod(kernel)
-            await self._quietly(self.store.delete_kernel(kernel_id))
-            if self.files is not None:
-                await self._quietly(self.files.forget(kernel_id))
+            try:
+                await kernel.session.close()
+            except Exception:  # never keeps the pod: it is freed below whatever happened
+                self.log.exception("Kernel %s: closing its session failed", kernel_id)
+            finally:
+                try:
+                    await self._drop_pod(kernel)
+                finally:
+                    await self._quietly(self.store.delete_kernel(kernel_id))
+                    if self.files is not None:
+                        await self._quietly(self.files.forget(kernel_id))
         self.log.info("Kernel %s shut down", kernel_id)
 
     async def shutdown_all(self, now: bool = False) -> None:
