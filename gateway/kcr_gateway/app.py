@@ -35,7 +35,7 @@ from . import __version__
 from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
-from .kernels import KCRKernelManager
+from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
 from .websocket import KCRWebsocketConnection
 
 
@@ -71,7 +71,15 @@ class KCRGateway(JupyterApp):
 
     @property
     def classes(self):  # listed by --help-all and --generate-config
-        return [KCRGateway, KCRKernelManager, KCRKernelSpecManager, KCRIdentityProvider]
+        return [
+            KCRGateway,
+            KCRKernelManager,
+            KCRLeaseKeeper,
+            KCRCheckpointer,
+            KCRCuller,
+            KCRKernelSpecManager,
+            KCRIdentityProvider,
+        ]
 
     # -- network ---------------------------------------------------------------
     ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
