@@ -314,8 +314,6 @@ class KCRGateway(JupyterApp):
             pool=self.pool,
             store=self.kernel_store,
             kernel_spec_manager=self.kernel_spec_manager,
-            default_kernel_name=self.default_kernel_name,
-            start_timeout=self.pod_start_timeout,
         )
         self.pool.prepare = self.kernel_manager.prepare_pod
         self.identity_provider = KCRIdentityProvider(
