@@ -182,6 +182,12 @@ class KCRKernelManager(LoggingConfigurable):
     def _default_kernel_name_default(self) -> str:
         return getattr(self.parent, "default_kernel_name", None) or "kcr-python"
 
+    runner_factory = AnyTrait(
+        None,
+        allow_none=True,
+        help="Builds the RunnerClient of a pod (pod -> client); None: a real RunnerClient. "
+        "Tests pass a double (tests/fakes/fake_runner_client.py).",
+    )
     kernel_info_timeout = Float(60.0, config=True, help="Seconds a client waits for kernel_info.")
     start_timeout = Float(
         config=True,
@@ -351,10 +357,16 @@ class KCRKernelManager(LoggingConfigurable):
             kernel_name, spec.language
         )
 
+    def new_runner(self, pod: Pod) -> RunnerClient:
+        """A (not yet connected) client for ``pod``'s runner."""
+        if self.runner_factory is not None:
+            return self.runner_factory(pod)
+        return RunnerClient(pod.url, pod.token)
+
     async def prepare_pod(self, pod: Pod) -> None:
         """Open a warm pod's runner channel (and learn its kernel_info) before any kernel
         needs it, so a kernel start is a lease plus a few small calls."""
-        runner = RunnerClient(pod.url, pod.token)
+        runner = self.new_runner(pod)
         await runner.connect()
         if pod.language not in self.kernel_info_cache:
             self.kernel_info_cache[pod.language] = await runner.kernel_info()

@@ -78,6 +78,9 @@ class KernelHost(Protocol):
     start_timeout: float
     kernel_info_cache: dict[str, dict]  #: language -> the runner's kernel_info
 
+    def new_runner(self, pod: Pod) -> RunnerClient:
+        """A client for ``pod``'s runner (not connected yet)."""
+
     async def restart(self, kernel_id: str) -> None:
         """A client's ``shutdown_request`` with ``restart: true``."""
 
@@ -258,7 +261,7 @@ class RemoteKernel(LoggingConfigurable):
         runner = pod.meta.pop("runner", None)  # connected while the pod was warm
         try:
             if runner is None or runner.lost:
-                runner = RunnerClient(pod.url, pod.token)
+                runner = self.host.new_runner(pod)
                 await runner.connect()
             runner.on_lost = lambda: self.pod_lost(pod, "its pod stopped")
             if runner.lost:  # died between the pool's check and now
