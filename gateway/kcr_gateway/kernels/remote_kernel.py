@@ -1,16 +1,22 @@
 """One durable kernel as this replica knows it, and its moves between pods.
 
 A :class:`RemoteKernel` is in one :class:`KernelState` at a time; each
-transition is a method of the kernel (``attach``/``start``, ``drop_pod``,
-``pod_lost``, ``resume``, ``hibernate``, ``restart``, ``shutdown``)::
+transition is a method of the kernel:
 
-                 start / resume / restart
-    DETACHED ─────────────────────────────▶ ATTACHED ──hibernate──▶ HIBERNATED
-       ▲  ▲                                  │   │                     │
-       │  └────────drop_pod (lease lost)─────┘   └─pod_lost─▶ LOST      │
-       │                                                        │       │
-       └──────── (a request on LOST / HIBERNATED / DETACHED resumes it) ┘
-    any state ──shutdown──▶ CLOSED
+=================  =============================  ==============================
+method             from                           to
+=================  =============================  ==============================
+``start``          DETACHED (new, lease held)     ATTACHED
+``resume``         DETACHED, LOST, HIBERNATED     ATTACHED (files + checkpoint)
+``restart``        any but CLOSED                 ATTACHED (files, no state)
+``pod_lost``       ATTACHED                       LOST (the pod died under it)
+``drop_pod``       ATTACHED                       DETACHED (e.g. lease lost)
+``hibernate``      ATTACHED                       HIBERNATED (checkpoint first)
+``shutdown``       any                            CLOSED (pod always freed)
+=================  =============================  ==============================
+
+A request on a kernel that is not ATTACHED resumes it first (the session's
+``before_request`` hook).
 
 The kernel needs a few things from the gateway (the pod pool, the stores,
 the lease keeper, the checkpointer): they come from its :class:`KernelHost`,
