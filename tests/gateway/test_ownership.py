@@ -245,8 +245,9 @@ async def test_kernelspec_resources(base, caplog):
     assert "Uncaught exception" not in caplog.text
 
 
-async def test_tokens_never_reach_the_log(base, caplog):
+async def test_tokens_never_reach_the_log(gateway, base, caplog):
     caplog.set_level(logging.DEBUG)
+    gateway.log.addHandler(caplog.handler)  # the app's own logger does not propagate
     secret = "tok-not-a-real-one-4f1b2c3d"
     assert (await http(base, "GET", f"/api/kernels?token={secret}")).code == 403
     assert (await http(base, "GET", f"/api/nope?token={ALICE}")).code == 404
@@ -257,3 +258,4 @@ async def test_tokens_never_reach_the_log(base, caplog):
     text = caplog.text
     assert "/api/kernels?token=[redacted]" in text  # the 4xx lines are there, redacted
     assert secret not in text and ALICE not in text
+    gateway.log.removeHandler(caplog.handler)
