@@ -139,7 +139,7 @@ class TokenFile:
     def load(self) -> None:
         """Read the file now (blocking; at start-up). OSError if it cannot be read."""
         signature = self._stat()
-        with open(self.path, encoding="utf-8", errors="replace") as f:
+        with open(self.path, encoding="utf-8-sig", errors="replace") as f:
             text = f.read()
         self._apply(text, signature)
 
@@ -195,5 +195,5 @@ class TokenFile:
         return True
 
     def _read(self) -> str:
-        with open(self.path, encoding="utf-8", errors="replace") as f:
+        with open(self.path, encoding="utf-8-sig", errors="replace") as f:
             return f.read()
