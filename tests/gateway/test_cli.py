@@ -47,3 +47,17 @@ def test_kubernetes_backend_without_settings(tmp_path):
     assert r.returncode == 1
     assert "KCR_CONFIG_FILE" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_kernel_ownership_without_identities(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", "--kernel-ownership")
+    assert r.returncode == 1
+    assert "kernel_ownership needs identities" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_token_file(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", f"--token-file={tmp_path / 'nope.txt'}")
+    assert r.returncode == 1
+    assert "cannot read the token file" in r.stderr and "No such file" in r.stderr
+    assert "Traceback" not in r.stderr
