@@ -109,3 +109,17 @@ def test_moved_options_keep_their_old_spelling_and_the_new_one_wins(tmp_path):
     assert km.leases.lease_ttl == 4
     assert km.owner == "replica-a"
     assert km.checkpointer.checkpoint_delay == 0.5
+
+
+def test_kernel_ownership_without_identities(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", "--kernel-ownership")
+    assert r.returncode == 1
+    assert "kernel_ownership needs identities" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_token_file(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", f"--token-file={tmp_path / 'nope.txt'}")
+    assert r.returncode == 1
+    assert "cannot read the token file" in r.stderr and "No such file" in r.stderr
+    assert "Traceback" not in r.stderr

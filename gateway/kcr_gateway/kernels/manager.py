@@ -282,15 +282,16 @@ class KCRKernelManager(LoggingConfigurable):
     async def kernel_model(self, kernel_id: str) -> dict:
         return (await self._adopt(kernel_id)).model()
 
-    async def list_kernels(self) -> list[dict]:
+    async def list_kernels(self, user: str | None = None) -> list[dict]:
+        """Models of every kernel in the registry; only those owned by ``user`` if given."""
         try:
             records = await self.store.list_kernels()
         except StoreError as e:
             self.log.warning("Kernel registry unavailable, listing local kernels only: %s", e)
-            return [k.model() for k in self._kernels.values()]
+            return [k.model() for k in self._kernels.values() if user in (None, k.user)]
         models = {}
         for record in records:
-            if "id" not in record:
+            if "id" not in record or user not in (None, record.get("user", "")):
                 continue
             local = self._kernels.get(record["id"])
             models[record["id"]] = local.model() if local else model_from_record(record)
@@ -299,9 +300,14 @@ class KCRKernelManager(LoggingConfigurable):
     def kernels_of(self, username: str) -> int:
         return sum(1 for k in self._kernels.values() if k.username == username)
 
+    def kernels_owned_by(self, user: str) -> int:
+        return sum(1 for k in self._kernels.values() if k.user == user)
+
     # -- start ----------------------------------------------------------------
 
-    def _new_kernel(self, kernel_id: str, kernel_name: str, env: dict, record=None) -> RemoteKernel:
+    def _new_kernel(
+        self, kernel_id: str, kernel_name: str, env: dict, record=None, user: str = ""
+    ) -> RemoteKernel:
         language = (record or {}).get("language") or self._language_of(kernel_name)
         return RemoteKernel(
             self,
@@ -312,6 +318,7 @@ class KCRKernelManager(LoggingConfigurable):
             kernel_name=kernel_name,
             language=language,
             username=env.get("KERNEL_USERNAME", ""),
+            user=str((record or {}).get("user") or user),
             env=env,
         )
 
@@ -322,6 +329,7 @@ class KCRKernelManager(LoggingConfigurable):
         path: str | None = None,
         kernel_id: str | None = None,
         env: dict | None = None,
+        user: str = "",
         **_kw,
     ) -> str:
         kernel_name = kernel_name or self.default_kernel_name
@@ -331,7 +339,7 @@ class KCRKernelManager(LoggingConfigurable):
         env = dict(env or {})
         timeout = _launch_timeout(env, self.start_timeout)
         started = time.perf_counter()
-        kernel = self._new_kernel(kernel_id, kernel_name, env)
+        kernel = self._new_kernel(kernel_id, kernel_name, env, user=user)
         if not await self.leases.acquire(kernel_id):
             raise KernelExists(kernel_id)
         self._kernels[kernel_id] = kernel

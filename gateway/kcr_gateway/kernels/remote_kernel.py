@@ -108,6 +108,7 @@ class RemoteKernel(LoggingConfigurable):
     kernel_name = Unicode()
     language = Unicode()
     username = Unicode("")
+    user = Unicode("", help="The identity that started the kernel (its owner).")
     env = Dict()
     connections = Integer(0)
     created = Float()
@@ -169,6 +170,7 @@ class RemoteKernel(LoggingConfigurable):
             "name": self.kernel_name,
             "language": self.language,
             "username": self.username,
+            "user": self.user,
             "env": self.env,
             "created": self.created,
             "last_activity": self.last_activity,
