@@ -121,16 +121,32 @@ class KernelSession:
         """Drop queued shell requests (restart): each gets an ``aborted`` reply."""
         while not self._queue.empty():
             listener, msg = self._queue.get_nowait()
-            self._abort(listener, msg, reason)
+            try:
+                self._abort(listener, msg, reason)
+            except Exception:  # one bad request must not keep the others unanswered
+                log.exception("kernel %s: could not abort a queued request", self.kernel_id)
 
     async def close(self) -> None:
+        """Stop the session; never raises, whatever the queued requests look like.
+
+        The kernel manager frees the pod after this, so a failure here (a queued
+        request a listener cannot be told about) is logged, never passed on.
+        """
         self._closed = True
-        self.reset_queue("the kernel was shut down")
-        if self._worker is not None:
-            self._worker.cancel()
-        if self.runner is not None:
-            self.runner.close()
-        self.set_state("dead")
+        try:
+            self.reset_queue("the kernel was shut down")
+        except Exception:
+            log.exception("kernel %s: aborting queued requests failed", self.kernel_id)
+            self._queue = asyncio.Queue()
+        finally:
+            if self._worker is not None:
+                self._worker.cancel()
+            if self.runner is not None:
+                self.runner.close()
+        try:
+            self.set_state("dead")
+        except Exception:
+            log.exception("kernel %s: publishing the dead status failed", self.kernel_id)
 
     # -- listeners ------------------------------------------------------------
 
@@ -322,7 +338,7 @@ class KernelSession:
                 self.reply(
                     listener,
                     "shell",
-                    parent["msg_type"].replace("_request", "_reply"),
+                    _reply_type(parent.get("msg_type")),
                     _error_content(type(e).__name__, str(e)),
                     parent,
                 )
@@ -473,7 +489,7 @@ class KernelSession:
         self.reply(
             listener,
             "shell",
-            msg_type.replace("_request", "_reply"),
+            _reply_type(msg_type),
             content,
             parent,
             metadata={"status": "aborted"},
@@ -483,6 +499,13 @@ class KernelSession:
     def _on_unsolicited(self, event: str, content: dict) -> None:
         """Output not caused by a request (a widget callback): parent = last request."""
         self.publish(event, content, self._last_parent)
+
+
+def _reply_type(msg_type: object) -> str:
+    """The reply type of a request type; a malformed one (not a string) gets ``error_reply``."""
+    if not isinstance(msg_type, str):
+        return "error_reply"
+    return msg_type.replace("_request", "_reply")
 
 
 def _error_content(ename: str, evalue: str) -> dict:

@@ -32,9 +32,9 @@ from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__, redact
 from .files import files_handlers
-from .handlers import NotFoundHandler, default_handlers
+from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
-from .kernels import KCRKernelManager
+from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
 from .ownership import KCRAuthorizer
 from .token_cli import HashTokenApp
 from .websocket import KCRWebsocketConnection
@@ -83,6 +83,9 @@ class KCRGateway(JupyterApp):
         return [
             KCRGateway,
             KCRKernelManager,
+            KCRLeaseKeeper,
+            KCRCheckpointer,
+            KCRCuller,
             KCRKernelSpecManager,
             KCRIdentityProvider,
             KCRAuthorizer,
@@ -325,8 +328,6 @@ class KCRGateway(JupyterApp):
             pool=self.pool,
             store=self.kernel_store,
             kernel_spec_manager=self.kernel_spec_manager,
-            default_kernel_name=self.default_kernel_name,
-            start_timeout=self.pod_start_timeout,
         )
         self.pool.prepare = self.kernel_manager.prepare_pod
         self.identity_provider = KCRIdentityProvider(
@@ -344,7 +345,7 @@ class KCRGateway(JupyterApp):
     def make_web_app(self) -> web.Application:
         handlers = [
             (url_path_join(self.base_url, pattern), *rest)
-            for pattern, *rest in default_handlers() + files_handlers()
+            for pattern, *rest in with_json_errors(default_handlers() + files_handlers())
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader

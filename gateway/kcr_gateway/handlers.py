@@ -21,12 +21,45 @@ from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from jupyter_server.services.kernelspecs.handlers import KernelSpecHandler, MainKernelSpecHandler
 from jupyter_server.utils import url_escape, url_path_join
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado import web
+from tornado import httputil, web
 
 from . import __version__, metrics
 from .ownership import username_of
 
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
+
+
+class JSONErrors:
+    """``write_error`` for API handlers: ``{"reason", "message"}``, never a traceback.
+
+    An ``HTTPError`` keeps its message; any other exception is logged (with its
+    traceback, by tornado) and answered with a generic 500 that names no internals.
+    """
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_header("Content-Type", "application/json")
+        reason = httputil.responses.get(status_code, "Unknown HTTP Error")
+        message = reason
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        if isinstance(exc, web.HTTPError):
+            reason = exc.reason or reason
+            message = (
+                exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            )
+            message = message or reason
+        elif exc is not None:
+            message = "Internal error in the gateway; see its log"
+        self.finish(json.dumps({"reason": reason, "message": message}))
+
+
+def with_json_errors(routes: list[tuple]) -> list[tuple]:
+    """The routes, each API handler (ours and jupyter_server's) answering errors as JSON."""
+    wrapped = []
+    for pattern, handler, *rest in routes:
+        if issubclass(handler, APIHandler) and not issubclass(handler, JSONErrors):
+            handler = type(handler.__name__, (JSONErrors, handler), {"__doc__": handler.__doc__})
+        wrapped.append((pattern, handler, *rest))
+    return wrapped
 
 
 class KernelsHandler(kernel_handlers.MainKernelHandler):
@@ -204,7 +237,7 @@ class MetricsHandler(APIHandler):
         self.finish(generate_latest())
 
 
-class KernelSpecResourceHandler(ksr_handlers.KernelSpecResourceHandler):
+class KernelSpecResourceHandler(JSONErrors, ksr_handlers.KernelSpecResourceHandler):
     """``GET /kernelspecs/{name}/{path}`` (logos): jupyter_server's, with API-style errors.
 
     Without a valid token it answers 403 like every other endpoint (jupyter_server's
@@ -216,11 +249,8 @@ class KernelSpecResourceHandler(ksr_handlers.KernelSpecResourceHandler):
     def get_login_url(self) -> str:
         raise web.HTTPError(403, "This resource needs the gateway token")
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        APIHandler.write_error(self, status_code, **kwargs)
 
-
-class NotFoundHandler(APIHandler):
+class NotFoundHandler(JSONErrors, APIHandler):
     """Every unknown path: a JSON 404."""
 
     @allow_unauthenticated
