@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,9 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+#: Called with (event, content) for each event. It may return an awaitable: the runner then
+#: reads nothing more from the worker until it is done (back-pressure: the worker blocks).
+EventCallback = Callable[[str, dict[str, Any]], Awaitable[Any] | None]
 
 
 class WorkerDied(Exception):
@@ -192,22 +194,24 @@ class WorkerProcess:
                     message = decode(line)
                     if message.get("binary"):
                         message["content"]["blob"] = await stdout.readexactly(message.pop("binary"))
-                    self._dispatch(message)
+                    wait = self._dispatch(message)
+                    if wait is not None:
+                        await wait
                 except Exception:
                     log.exception("bad message from the worker: %r", line[:200])
         finally:
             await self._record_death()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> Awaitable[Any] | None:
         kind = message.get("type")
         request_id = message.get("id")
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
             if pending is not None and pending.on_event is not None:
-                pending.on_event(event, content)
-            elif request_id is None:
-                self.on_unsolicited(event, content)
+                return pending.on_event(event, content)
+            if request_id is None:
+                return self.on_unsolicited(event, content)
         elif kind == "reply":
             pending = self._pending.get(request_id)
             if pending is not None and not pending.future.done():
