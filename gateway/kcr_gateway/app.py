@@ -71,7 +71,13 @@ class KCRGateway(JupyterApp):
 
     @property
     def classes(self):  # listed by --help-all and --generate-config
-        return [KCRGateway, KCRKernelManager, KCRKernelSpecManager, KCRIdentityProvider]
+        return [
+            KCRGateway,
+            KCRKernelManager,
+            KCRKernelSpecManager,
+            KCRIdentityProvider,
+            KCRWebsocketConnection,
+        ]
 
     # -- network ---------------------------------------------------------------
     ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
