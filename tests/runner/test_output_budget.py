@@ -146,3 +146,65 @@ async def test_a_bash_kernel_has_the_same_budget(tmp_path):
         await channel.close()
     finally:
         runner.stop()
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_slow_channel_blocks_the_worker_not_the_runners_memory(tmp_path):
+    """200 MB of output (no budget) to a client that does not read for a while: the runner
+    stops reading the worker's pipe instead of queueing the output, so the worker waits and
+    the runner's memory stays flat; once the client reads, everything arrives."""
+    import asyncio
+
+    runner = RunnerProcess(tmp_path, "--max-output-bytes", "0", "--max-output-messages", "0")
+    progress = tmp_path / "progress"
+    try:
+        channel = await runner.channel()
+        await channel.execute("x = 'y' * 1_000_000")
+        before = _rss(runner.ready["pid"])
+        code = (
+            "for i in range(200):\n"
+            "    display({'text/plain': x}, raw=True)\n"
+            "    open('progress', 'a').write('.')"
+        )
+        request_id = await channel.send("execute", {"code": code})
+        await asyncio.sleep(3)  # a client that does not read (the assertions are not on time)
+        stalled_at = len(progress.read_text())
+        stalled_rss = _rss(runner.ready["pid"])
+        shown = 0
+        while True:
+            frame = await channel.next_frame(timeout=60)
+            if frame.get("id") == request_id and frame.get("event") == "reply":
+                break
+            shown += frame.get("event") == "display_data"
+        assert frame["content"]["status"] == "ok"
+        assert shown == 200  # nothing lost
+        assert stalled_at < 100, "the worker was not held back"
+        assert stalled_rss - before < 32 * 1024 * 1024, (before, stalled_rss)
+        await channel.close()
+    finally:
+        runner.stop()
+
+
+async def test_worker_lines_longer_than_the_read_ahead_are_read_whole():
+    import asyncio
+
+    from kcr_runner.worker_process import read_line
+
+    stream = asyncio.StreamReader(limit=16)
+    stream.feed_data(b"a" * 100 + b"\nshort\n" + b"tail")
+    stream.feed_eof()
+    assert await read_line(stream, 1000) == b"a" * 100 + b"\n"
+    assert await read_line(stream, 1000) == b"short\n"
+    assert await read_line(stream, 1000) == b"tail"
+    assert await read_line(stream, 1000) == b""
+    too_long = asyncio.StreamReader(limit=16)
+    too_long.feed_data(b"b" * 60 + b"\n")
+    with pytest.raises(ValueError):  # the runner then stops the worker: a protocol violation
+        await read_line(too_long, 50)
