@@ -212,3 +212,30 @@ def _idle(entry) -> bool:
     return any(
         m["msg_type"] == "status" and m["content"]["execution_state"] == "idle" for m in entry.iopub
     )
+
+
+async def test_a_client_that_never_reads_cannot_grow_the_gateway(gateway_process, kernels):
+    """Eight flood cells (80 MiB shown in all) while one client never reads: without a bound
+    per connection the gateway would hold all of it for that client (measured: +76 MiB with
+    the bound switched off, and the client still attached)."""
+    base = gateway_process.url
+    flood_id, _ = kernels
+    reader = await WSKernelClient.connect(base, flood_id)
+    slow = await connect_non_reading(base, flood_id)
+    try:
+        await reader.execute("1+1")
+        rss_before = rss_peak = gateway_process.rss()
+        code = "for i in range(200):\n    display({'text/plain': 'x' * 100_000}, raw=True)"
+        for _ in range(8):
+            cell = await reader.execute(code, timeout=60)
+            assert cell.stderr.count(NOTICE) == 1
+            rss_peak = max(rss_peak, gateway_process.rss())
+        print(
+            f"\n8 x 10 MiB to a non-reading client: gateway RSS before {rss_before / MiB:.1f} "
+            f"MiB, peak {rss_peak / MiB:.1f} MiB; connections {await connections(base, flood_id)}"
+        )
+        assert await connections(base, flood_id) == 1  # the non-reading client was dropped
+        assert rss_peak - rss_before <= RSS_GROWTH_LIMIT
+    finally:
+        reader.close()
+        slow.close()
