@@ -26,6 +26,7 @@ from tornado.websocket import websocket_connect
 from .conftest import WSKernelClient, http, start_kernel, wait_for
 
 MiB = 1024 * 1024
+V1 = "v1.kernel.websocket.jupyter.org"
 BUFFER = 1 * MiB  # the gateway's per-connection buffer, small so one flood overflows it
 SLOW_TIMEOUT = 3.0
 NOTICE = "[kcr] Output limit reached (10 MiB per cell): further output of this cell is not shown."
@@ -91,12 +92,12 @@ def gateway_process(tmp_path_factory):
     gateway.stop()
 
 
-async def connect_non_reading(base: str, kernel_id: str):
+async def connect_non_reading(base: str, kernel_id: str, subprotocols=None):
     """A WebSocket client that never reads: tornado stops reading its socket once one
     message waits, and a small receive buffer keeps the OS from absorbing much (not tiny: a
     window of a few KiB would make the final read crawl)."""
     url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-    ws = await websocket_connect(HTTPRequest(url))
+    ws = await websocket_connect(HTTPRequest(url), subprotocols=subprotocols)
     ws.protocol.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     return ws
 
@@ -214,15 +215,19 @@ def _idle(entry) -> bool:
     )
 
 
-async def test_a_client_that_never_reads_cannot_grow_the_gateway(gateway_process, kernels):
+@pytest.mark.parametrize("subprotocols", [None, [V1]], ids=["legacy", "v1"])
+async def test_a_client_that_never_reads_cannot_grow_the_gateway(
+    gateway_process, kernels, subprotocols
+):
     """Eight flood cells (80 MiB shown in all) while one client never reads: without a bound
     per connection the gateway would hold all of it for that client (measured: +76 MiB with
     the bound switched off, and the client still attached)."""
     base = gateway_process.url
     flood_id, _ = kernels
     reader = await WSKernelClient.connect(base, flood_id)
-    slow = await connect_non_reading(base, flood_id)
+    slow = await connect_non_reading(base, flood_id, subprotocols)
     try:
+        assert slow.selected_subprotocol == (subprotocols or [None])[0]
         await reader.execute("1+1")
         rss_before = rss_peak = gateway_process.rss()
         code = "for i in range(200):\n    display({'text/plain': 'x' * 100_000}, raw=True)"
@@ -239,3 +244,32 @@ async def test_a_client_that_never_reads_cannot_grow_the_gateway(gateway_process
     finally:
         reader.close()
         slow.close()
+
+
+async def test_a_slow_reader_is_kept_and_gets_everything_the_budget_allows(
+    gateway_process, kernels
+):
+    """A client that reads, only slower than the kernel writes, pauses the kernel's output
+    (back-pressure) instead of being disconnected."""
+    base = gateway_process.url
+    flood_id, _ = kernels
+    slow_reader = await WSKernelClient.connect(base, flood_id)
+    read = slow_reader.ws.read_message
+
+    async def read_slowly():
+        await asyncio.sleep(0.005)  # about 20 MB/s for these 100 KB messages
+        return await read()
+
+    slow_reader.ws.read_message = read_slowly  # before its reader task first runs
+    disconnects = sum("client too slow" in line for line in gateway_process.log)
+    try:
+        code = "for i in range(1000):\n    display({'text/plain': 'x' * 100_000}, raw=True)"
+        cell = await slow_reader.execute(code, timeout=90)
+        assert cell.reply["content"]["status"] == "ok"
+        assert cell.stderr.count(NOTICE) == 1
+        assert len(cell.outputs("display_data")) > 100  # 10 MiB of 100 KB displays
+        assert not slow_reader.closed.is_set()
+        assert await connections(base, flood_id) == 1
+        assert sum("client too slow" in line for line in gateway_process.log) == disconnects
+    finally:
+        slow_reader.close()

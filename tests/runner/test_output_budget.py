@@ -208,3 +208,26 @@ async def test_worker_lines_longer_than_the_read_ahead_are_read_whole():
     too_long.feed_data(b"b" * 60 + b"\n")
     with pytest.raises(ValueError):  # the runner then stops the worker: a protocol violation
         await read_line(too_long, 50)
+
+
+async def test_output_between_cells_has_a_budget_too(budget_runner, channel):
+    code = (
+        "import os, threading, time\n"
+        "def chatter():\n"
+        "    while not os.path.exists('go'):\n"
+        "        time.sleep(0.01)\n"
+        "    for i in range(2000):\n"
+        "        print('b' * 20)\n"
+        "threading.Thread(target=chatter, daemon=True).start()"
+    )
+    _, reply = await channel.execute(code)
+    assert reply["content"]["status"] == "ok"
+    (budget_runner.workspace / "go").write_text("")  # the cell is over: output has no id
+    notice = await channel.wait_for(
+        lambda f: f.get("id") is None and NOTICE in f.get("content", {}).get("text", "")
+    )
+    assert "(5000 bytes per cell)" in notice["content"]["text"]
+    unsolicited = channel.frames[None]
+    assert 4000 < len(stream_text(unsolicited)) <= BYTES
+    events, _ = await channel.execute("print('next')")  # a new cell renews that budget too
+    assert stream_text(events) == "next\n"
