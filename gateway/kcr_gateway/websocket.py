@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 
 from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.base import (
@@ -156,7 +157,7 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
             self.too_slow()
 
     # PacedListener
-    def drained(self):
+    def drained(self) -> Awaitable[None] | None:
         """``None`` while this client keeps up; else an awaitable that ends when it has read
         enough, or when it was disconnected for being too slow."""
         if not self.buffer.full or self.websocket_handler.ws_connection is None:
