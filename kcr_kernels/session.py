@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jupyter_client.session import Session
 
@@ -41,6 +41,15 @@ class KernelListener(Protocol):
         """Deliver one Jupyter message (dict with header, parent_header, ...)."""
 
 
+@runtime_checkable
+class PacedListener(KernelListener, Protocol):
+    """A listener with a bounded send buffer (a WebSocket): it can slow the kernel down."""
+
+    def drained(self) -> Awaitable[None] | None:
+        """``None`` while it keeps up; else an awaitable that ends once it has room again
+        (or has given up on its client)."""
+
+
 class KernelSession:
     """The Jupyter side of one kernel.
 
@@ -65,6 +74,8 @@ class KernelSession:
     * The runner behind the session can be replaced (:meth:`attach_runner`)
       while listeners stay attached: a restart or a move to a fresh pod is
       invisible to the WebSocket.
+    * Back-pressure: the runner's output is read no faster than the slowest
+      :class:`PacedListener` reads it (each listener bounds that wait itself).
     """
 
     def __init__(
@@ -101,6 +112,7 @@ class KernelSession:
     async def attach_runner(self, runner: RunnerClient, kernel_info: dict | None = None) -> None:
         """Put ``runner`` behind this session (start, restart, move to a new pod)."""
         runner.on_unsolicited = self._on_unsolicited
+        runner.backpressure = self._listeners_drained
         self.runner = runner
         if kernel_info is None:
             kernel_info = await runner.kernel_info()
@@ -156,6 +168,14 @@ class KernelSession:
     def remove_listener(self, listener: KernelListener) -> None:
         if listener in self.listeners:
             self.listeners.remove(listener)
+
+    def _listeners_drained(self) -> Awaitable[Any] | None:
+        waits = [
+            wait
+            for listener in self.listeners
+            if isinstance(listener, PacedListener) and (wait := listener.drained()) is not None
+        ]
+        return asyncio.gather(*waits) if waits else None
 
     # -- messages out ---------------------------------------------------------
 

@@ -89,6 +89,7 @@ class KCRGateway(JupyterApp):
             KCRKernelSpecManager,
             KCRIdentityProvider,
             KCRAuthorizer,
+            KCRWebsocketConnection,
         ]
 
     # -- network ---------------------------------------------------------------

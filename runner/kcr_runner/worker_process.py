@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,13 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+#: Called with (event, content) for each event. It may return an awaitable: the runner then
+#: reads nothing more from the worker until it is done (back-pressure: the worker blocks).
+EventCallback = Callable[[str, dict[str, Any]], Awaitable[Any] | None]
+
+#: How much of the worker's output the runner reads ahead: asyncio stops reading the pipe once
+#: twice this is buffered, so a worker whose output is not consumed blocks on its next write.
+READ_AHEAD = 1024 * 1024
 
 
 class WorkerDied(Exception):
@@ -91,7 +97,7 @@ class WorkerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
                 env=self.env,
-                limit=self.line_limit,
+                limit=READ_AHEAD,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -181,7 +187,7 @@ class WorkerProcess:
         try:
             while True:
                 try:
-                    line = await stdout.readline()
+                    line = await read_line(stdout, self.line_limit)
                 except ValueError:  # one line over the limit: protocol violation
                     log.error("worker sent a message over %d bytes; stopping it", self.line_limit)
                     await self.kill()
@@ -192,22 +198,24 @@ class WorkerProcess:
                     message = decode(line)
                     if message.get("binary"):
                         message["content"]["blob"] = await stdout.readexactly(message.pop("binary"))
-                    self._dispatch(message)
+                    wait = self._dispatch(message)
+                    if wait is not None:
+                        await wait
                 except Exception:
                     log.exception("bad message from the worker: %r", line[:200])
         finally:
             await self._record_death()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> Awaitable[Any] | None:
         kind = message.get("type")
         request_id = message.get("id")
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
             if pending is not None and pending.on_event is not None:
-                pending.on_event(event, content)
-            elif request_id is None:
-                self.on_unsolicited(event, content)
+                return pending.on_event(event, content)
+            if request_id is None:
+                return self.on_unsolicited(event, content)
         elif kind == "reply":
             pending = self._pending.get(request_id)
             if pending is not None and not pending.future.done():
@@ -247,6 +255,30 @@ class WorkerProcess:
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)
+
+
+async def read_line(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """One line (with its newline; at EOF what is left, maybe ``b""``) of up to ``limit``
+    bytes, read in pieces so that the stream's own, small limit only bounds read-ahead.
+    Raises ``ValueError`` for a longer line."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            part = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # EOF
+            part = exc.partial
+        except asyncio.LimitOverrunError as exc:  # no newline within the read-ahead yet
+            part = await stream.readexactly(exc.consumed)
+            size += len(part)
+            if size > limit:
+                raise ValueError(f"a line over {limit} bytes") from None
+            parts.append(part)
+            continue
+        if size + len(part) > limit:
+            raise ValueError(f"a line over {limit} bytes")
+        parts.append(part)
+        return b"".join(parts)
 
 
 def describe_exit(code: int) -> str:
