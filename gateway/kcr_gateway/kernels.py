@@ -27,6 +27,7 @@ Durability (see the README's "Kernels that outlive their pod"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -87,6 +88,7 @@ class RemoteKernel(LoggingConfigurable):
         self.lock = asyncio.Lock()
         self.checkpoint_lock = asyncio.Lock()
         self.lost_reason: str | None = None  # set when the pod died under us
+        self.stop_reason: asyncio.Future | None = None  # the backend's word on that death
         self.hibernated = False
         self.dirty = False  # code ran since the last checkpoint
         self.checkpoint_timer: asyncio.TimerHandle | None = None
@@ -392,9 +394,23 @@ class KCRKernelManager(LoggingConfigurable):
                 # and any release of the pod wait for it (_settle_files).
                 kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel, fingerprint))
 
+        async def explain_loss() -> str | None:
+            # Where the backend knows why the pod stopped (its memory limit), the cell says so.
+            reason = kernel.stop_reason
+            if reason is None:
+                return None
+            try:
+                return await asyncio.shield(reason)
+            except Exception:
+                self.log.exception(
+                    "Kernel %s: could not learn why its pod stopped", kernel.kernel_id
+                )
+                return None
+
         return KernelSession(
             kernel.kernel_id,
             username=kernel.username or "kcr",
+            explain_loss=explain_loss,
             on_shutdown=on_shutdown,
             on_activity=on_activity,
             before_request=before_request,
@@ -439,6 +455,7 @@ class KCRKernelManager(LoggingConfigurable):
         kernel.pod, kernel.runner = pod, runner
         kernel.synced_workspace = None  # a new pod: its first cell syncs
         kernel.lost_reason = None
+        kernel.stop_reason = None
         kernel.hibernated = False
 
     async def prepare_pod(self, pod: Pod) -> None:
@@ -481,7 +498,14 @@ class KCRKernelManager(LoggingConfigurable):
         if runner is not None:
             runner.close()
         kernel.pod = kernel.runner = None
-        asyncio.ensure_future(self.pool.lost(pod))
+        # Ask the backend why (an OOMKilled pod) before the pod is deleted with its status.
+        kernel.stop_reason = asyncio.ensure_future(self.pool.backend.stop_reason(pod))
+        asyncio.ensure_future(self._release_lost(pod, kernel.stop_reason))
+
+    async def _release_lost(self, pod: Pod, reason: asyncio.Future) -> None:
+        with contextlib.suppress(Exception):
+            await reason
+        await self.pool.lost(pod)
 
     # -- moving between pods ----------------------------------------------------
 
