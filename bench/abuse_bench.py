@@ -231,7 +231,7 @@ async def abuse_balloon(url: str, kernel_id: str, seconds: float) -> str:
         return f"no reply: {e}"
     if reply.get("status") == "ok":
         return f"NOT stopped: reply ok after {took:.1f} s"
-    return f"{reply.get('ename')}: {reply.get('evalue')}"
+    return f"after {took:.1f} s: {reply.get('ename')}: {reply.get('evalue')}"
 
 
 async def abuse_files(url: str, kernel_id: str, seconds: float) -> str:

@@ -139,3 +139,54 @@ def test_oom_counter_reads_both_versions(tmp_path):
     v1.mkdir()
     (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
     assert (oom_kills(v2), oom_kills(v1), oom_kills(tmp_path)) == (2, 5, None)
+
+
+def _fake_v2_tree(tmp_path):
+    """A folder laid out like a delegated cgroup v2 parent (regular files stand in)."""
+    root = tmp_path / "kcr"
+    root.mkdir()
+    (root / "cgroup.subtree_control").write_text("")
+    return PodCgroups({"pids": root, "memory": root}, version=2), root
+
+
+def test_v2_pod_cgroup_caps_memory_without_swap_and_stops_the_whole_group(tmp_path):
+    cgroups, root = _fake_v2_tree(tmp_path)
+    cgroup = cgroups.create("pod", pids_max=64, memory_max=LIMIT)
+    folder = root / "pod"
+    assert cgroup.folders == (folder,) and cgroup.memory == folder
+    assert (folder / "memory.max").read_text() == str(LIMIT)
+    assert (folder / "memory.swap.max").read_text() == "0"
+    assert (folder / "memory.oom.group").read_text() == "1"
+    assert (folder / "pids.max").read_text() == "64"
+    assert (root / "cgroup.subtree_control").read_text().split() == ["+pids", "+memory"]
+
+
+def test_v1_pod_cgroup_caps_memory_and_swap_in_the_memory_hierarchy(tmp_path):
+    memory_root, pids_root = tmp_path / "memory" / "kcr", tmp_path / "pids" / "kcr"
+    (memory_root / "pod").mkdir(parents=True)
+    (memory_root / "pod" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712")
+    cgroups = PodCgroups({"pids": pids_root, "memory": memory_root}, version=1)
+    cgroup = cgroups.create("pod", pids_max=64, memory_max=LIMIT)
+    assert set(cgroup.folders) == {memory_root / "pod", pids_root / "pod"}
+    assert cgroup.memory == memory_root / "pod"
+    assert (memory_root / "pod" / "memory.limit_in_bytes").read_text() == str(LIMIT)
+    assert (memory_root / "pod" / "memory.memsw.limit_in_bytes").read_text() == str(LIMIT)
+
+
+def _events(folder, oom: int, oom_kill: int) -> None:
+    (folder / "memory.events").write_text(f"low 0\nhigh 0\nmax 9\noom {oom}\noom_kill {oom_kill}\n")
+
+
+def test_the_memory_message_needs_the_cgroups_own_limit_to_be_hit(tmp_path):
+    from kcr_runner.memory_cap import MemoryCap
+
+    (tmp_path / "memory.max").write_text(str(LIMIT))
+    _events(tmp_path, oom=0, oom_kill=0)
+    cap = MemoryCap(tmp_path)
+    cap.arm()
+    assert not cap.tripped()
+    _events(tmp_path, oom=0, oom_kill=1)  # a host-wide OOM kill: not "over its limit"
+    assert not cap.tripped()
+    _events(tmp_path, oom=1, oom_kill=2)
+    assert cap.tripped()
+    assert cap.message().startswith("the kernel used more than 256 MiB of memory")
