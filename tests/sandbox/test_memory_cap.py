@@ -190,3 +190,29 @@ def test_the_memory_message_needs_the_cgroups_own_limit_to_be_hit(tmp_path):
     _events(tmp_path, oom=1, oom_kill=2)
     assert cap.tripped()
     assert cap.message().startswith("the kernel used more than 256 MiB of memory")
+
+
+@needs_memory_cgroup
+async def test_through_the_gateway_the_user_reads_why_and_the_kernel_goes_on(tmp_path):
+    from tests.gateway.conftest import WSKernelClient, start_gateway, start_kernel
+
+    app = await start_gateway(tmp_path, pools={"python": {"warm": 1, "memory": "256Mi"}})
+    client = None
+    try:
+        base = f"http://127.0.0.1:{app.port}"
+        client = await WSKernelClient.connect(base, await start_kernel(base))
+        reply = await client.execute(BALLOON.format(share=int(LIMIT * 0.4)))
+        assert reply.content["ename"] == "KernelDied"
+        assert (
+            "the kernel used more than 256 MiB of memory and was stopped"
+            in (reply.content["evalue"])
+        )
+        (error,) = reply.outputs("error")
+        assert "used more than 256 MiB" in error["evalue"]
+        again = await client.execute("print(1 + 1)")  # on a fresh pod
+        assert again.stdout == "2\n"
+        assert "moved to a new pod" in again.stderr
+    finally:
+        if client is not None:
+            client.close()
+        await app.stop_async()
