@@ -391,15 +391,18 @@ class KubernetesBackend(PodBackend):
         """ "The kernel used more than N of memory and was stopped" for an ``OOMKilled`` pod.
 
         The runner's socket usually drops before the kubelet's status update reaches
-        the watch: waits up to ``timeout`` seconds for the container's termination.
+        the watch: waits up to ``timeout`` seconds for the container's termination
+        (the kernel manager deletes a lost pod only after this returns). ``None`` at
+        once for a pod already gone from the watch (deleted behind the gateway's back).
         """
         deadline = time.monotonic() + timeout
         while True:
             obj = self._cache.get(pod.name)
-            if obj is not None:
-                why = _oom_killed(obj)
-                if why is not None or _terminations(obj):
-                    return why
+            if obj is None:  # deleted by someone else: no status to learn from
+                return None
+            why = _oom_killed(obj)
+            if why is not None or _terminations(obj):
+                return why
             if time.monotonic() >= deadline:
                 return None
             await self._wait_change(deadline)

@@ -239,7 +239,9 @@ class WorkerProcess:
     async def _stop_if_out_of_memory(self) -> bool:
         """Stop the worker and its children if the memory cgroup OOM-killed anything."""
         cap = self.memory_cap
-        if cap.cgroup is None or not await asyncio.to_thread(cap.tripped):
+        # Two small reads of cgroupfs (kernel memory, never disk): cheaper inline than a
+        # thread hop on every reply.
+        if cap.cgroup is None or not cap.tripped():
             return False
         if not self.detail:
             self.detail = cap.message()
