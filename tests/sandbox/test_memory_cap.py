@@ -216,3 +216,16 @@ async def test_through_the_gateway_the_user_reads_why_and_the_kernel_goes_on(tmp
         if client is not None:
             client.close()
         await app.stop_async()
+
+
+def test_a_bad_memory_setting_stops_the_gateway_with_the_accepted_forms():
+    from kcr_gateway.app import KCRGateway, StartupError
+    from traitlets.config import Config
+
+    config = Config()
+    config.KCRGateway.pools = {"python": {"warm": 1, "memory": "lots"}}
+    with pytest.raises(StartupError, match=r"bad memory setting.*Gi"):
+        KCRGateway(config=config).memory_limits()
+    config.KCRGateway.pools = {"python": {"warm": 1, "memory": "512Mi"}, "r": {"warm": 0}}
+    config.KCRGateway.memory_limit = "1Gi"
+    assert KCRGateway(config=config).memory_limits() == (1024**3, {"python": 512 * MIB})
