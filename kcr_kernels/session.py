@@ -69,6 +69,9 @@ class KernelSession:
       execute requests already queued (reply status ``aborted``).
     * ``kernel_info_reply`` is served from a cache filled when the runner is
       attached, never with a pod round trip.
+    * A cell whose pod goes away gets a ``KernelDied`` error; ``explain_loss``
+      (from the kernel manager) may give the reason the backend knows, e.g.
+      "the kernel used more than 2 GiB of memory and was stopped".
     * ``shutdown_request`` is answered and then handed to ``on_shutdown``
       (the kernel manager restarts or removes the kernel).
     * The runner behind the session can be replaced (:meth:`attach_runner`)
@@ -87,6 +90,7 @@ class KernelSession:
         on_activity: Callable[[str], None] | None = None,
         before_request: Callable[[], Awaitable[None]] | None = None,
         after_execute: Callable[[dict, dict], Awaitable[None]] | None = None,
+        explain_loss: Callable[[], Awaitable[str | None]] | None = None,
     ):
         self.kernel_id = kernel_id
         self.msg_factory = Session(username=username, key=b"")
@@ -99,6 +103,7 @@ class KernelSession:
         self.on_activity = on_activity
         self.before_request = before_request
         self.after_execute = after_execute
+        self.explain_loss = explain_loss
         self._queue: asyncio.Queue[tuple[KernelListener, dict]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._current: tuple[KernelListener, dict, str] | None = None  # listener, msg, runner id
@@ -444,7 +449,7 @@ class KernelSession:
             reply_content = frame.get("content") or {}
         except RunnerError as e:
             frame = {}
-            reply_content = self._died(e, parent)
+            reply_content = await self._died(e, parent)
         if "execution_count" in reply_content:
             self.execution_count = reply_content["execution_count"]
         self.reply(
@@ -465,13 +470,17 @@ class KernelSession:
             except Exception:
                 log.exception("kernel %s: after-execute hook failed", self.kernel_id)
 
-    def _died(self, error: RunnerError, parent: dict) -> dict:
+    async def _died(self, error: RunnerError, parent: dict) -> dict:
         ename = "KernelDied" if isinstance(error, RunnerGone) else "RunnerError"
         evalue = (
             f"The kernel's pod stopped while this request ran ({error})."
             if isinstance(error, RunnerGone)
             else str(error)
         )
+        if isinstance(error, RunnerGone) and self.explain_loss is not None:
+            why = await self.explain_loss()  # e.g. the pod's memory limit (OOMKilled)
+            if why:
+                evalue = f"The kernel's pod stopped while this request ran: {why}."
         content = _error_content(ename, evalue)
         self.publish("error", {k: content[k] for k in ("ename", "evalue", "traceback")}, parent)
         content["execution_count"] = self.execution_count

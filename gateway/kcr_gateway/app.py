@@ -153,13 +153,39 @@ class KCRGateway(JupyterApp):
 
     pools = Dict(
         config=True,
-        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any)}}. "
+        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any), "
+        "'memory': the memory cap of each kernel, e.g. '2Gi' ('0': none)}}. "
         "Default: {'python': {'warm': 2}}.",
     )
 
     @default("pools")
     def _pools_default(self) -> dict:
         return self._json_config().get("pools") or {"python": {"warm": 2, "max": 0}}
+
+    memory_limit = Unicode(
+        "2Gi",
+        config=True,
+        help="Memory cap of one kernel, all its processes together (Ki/Mi/Gi or K/M/G "
+        "suffixes; '0': none), for languages whose pool sets no 'memory'. Local backend: a "
+        "memory cgroup per pod (no swap beyond it); a kernel over it is stopped and its cell "
+        "says 'the kernel used more than N of memory and was stopped'. Kubernetes: pools' "
+        "'memory' replaces the language's resources.limits.memory.",
+    )
+
+    def memory_limits(self) -> tuple[int | None, dict[str, int | None]]:
+        """(default cap, {language: cap}) in bytes from memory_limit and the pools."""
+        from kcr_kernels.backends.cgroups import parse_memory
+
+        try:
+            default = parse_memory(self.memory_limit)
+            per_language = {
+                language: parse_memory((sizes or {})["memory"])
+                for language, sizes in self.pools.items()
+                if "memory" in (sizes or {})
+            }
+        except ValueError as e:
+            raise StartupError(f"bad memory setting: {e}")
+        return default, per_language
 
     refill_concurrency = Integer(2, config=True, help="Pods started at once while refilling.")
     pod_start_timeout = Float(30.0, config=True, help="Seconds a pod may take to become ready.")
@@ -229,7 +255,14 @@ class KCRGateway(JupyterApp):
         if self.backend == "local":
             from kcr_kernels.backends.local import LocalBackend
 
-            backend = LocalBackend(Path(self.data_dir), sandbox=True, log=self.log)
+            memory_limit, memory_limits = self.memory_limits()
+            backend = LocalBackend(
+                Path(self.data_dir),
+                sandbox=True,
+                log=self.log,
+                memory_limit=memory_limit,
+                memory_limits=memory_limits,
+            )
             if self.allow_unsandboxed:
                 from kcr_kernels.backends.sandbox import SandboxUnavailable
 
@@ -255,6 +288,11 @@ class KCRGateway(JupyterApp):
                 config = KubernetesConfig.from_dict(settings)
             except (TypeError, ValueError) as e:
                 raise StartupError(f"bad kubernetes settings in {self.config_file_json}: {e}")
+            self.memory_limits()  # a bad size fails the start, not every pod creation
+            for language, sizes in self.pools.items():
+                memory = (sizes or {}).get("memory")
+                if memory is not None and language in config.languages:
+                    config.languages[language].memory = str(memory)
             api_client = None
             if config.api_server:  # e.g. kubectl proxy: no credentials, plain URL
                 from kubernetes import client

@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from .files import Workspace
 from .languages import LANGUAGES, get_language
+from .memory_cap import MemoryCap
 from .server import RunnerState, make_app
 from .worker_process import WorkerProcess
 
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=512 * MiB,
         help="largest state snapshot / restore blob",
     )
+    parser.add_argument(
+        "--memory-cgroup",
+        default="",
+        help="the memory cgroup folder the worker runs in: an OOM kill there stops the "
+        "kernel with a 'used more than N of memory' message",
+    )
     args = parser.parse_args(argv)
     try:
         prefix = json.loads(args.worker_prefix)
@@ -103,6 +110,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         },
         line_limit=max(args.max_state_bytes, args.max_request_bytes) * 4 // 3 + 16 * MiB,
         cell_timeout=args.cell_timeout,
+        memory_cap=MemoryCap(args.memory_cgroup or None),
     )
     state = RunnerState(
         token=token,

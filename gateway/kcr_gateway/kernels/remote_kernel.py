@@ -26,6 +26,7 @@ which the manager implements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Callable
@@ -129,6 +130,7 @@ class RemoteKernel(LoggingConfigurable):
         self.lock = asyncio.Lock()
         self.checkpoint_lock = asyncio.Lock()
         self.lost_reason: str | None = None  # why the pod went, for the resume notice
+        self.stop_reason: asyncio.Future | None = None  # the backend's word on that death
         self.dirty = False  # code ran since the last checkpoint
         self.interrupts_seen: set[str] = set()
         self.file_sync: asyncio.Future | None = None  # the last cell's file sync, if running
@@ -201,11 +203,23 @@ class RemoteKernel(LoggingConfigurable):
         return KernelSession(
             self.kernel_id,
             username=self.username or "kcr",
+            explain_loss=self._explain_loss,
             on_shutdown=on_shutdown,
             on_activity=lambda _msg_type: self.touch(),
             before_request=self._before_request,
             after_execute=self._after_execute,
         )
+
+    async def _explain_loss(self) -> str | None:
+        """Why the pod stopped, where the backend knows (its memory limit): the cell says so."""
+        reason = self.stop_reason
+        if reason is None:
+            return None
+        try:
+            return await asyncio.shield(reason)
+        except Exception:
+            self.log.exception("Kernel %s: could not learn why its pod stopped", self.kernel_id)
+            return None
 
     async def _before_request(self) -> None:
         await self.settle_files()
@@ -290,6 +304,7 @@ class RemoteKernel(LoggingConfigurable):
         self.pod, self.runner = pod, runner
         self.synced_workspace = None  # a new pod: its first cell syncs
         self.lost_reason = None
+        self.stop_reason = None
         self.state = KernelState.ATTACHED
 
     async def start(self, timeout: float) -> None:
@@ -328,7 +343,18 @@ class RemoteKernel(LoggingConfigurable):
         if runner is not None:
             runner.close()
         self.pod = self.runner = None
-        self.tasks.spawn(self.host.pool.lost(pod), f"release of lost pod {pod.name}")
+        # Ask the backend why (an OOMKilled pod) before the pod is deleted with its status.
+        self.stop_reason = self.tasks.spawn(
+            self.host.pool.backend.stop_reason(pod), f"stop reason of pod {pod.name}"
+        )
+        self.tasks.spawn(
+            self._release_lost(pod, self.stop_reason), f"release of lost pod {pod.name}"
+        )
+
+    async def _release_lost(self, pod: Pod, reason: asyncio.Future) -> None:
+        with contextlib.suppress(Exception):
+            await reason
+        await self.host.pool.lost(pod)
 
     async def resume(self, *, restore_state: bool = True) -> None:
         """→ ATTACHED: a fresh pod with the kernel's files and last checkpoint.
