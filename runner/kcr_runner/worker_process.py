@@ -20,7 +20,8 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+#: ``(event, content, extra)``: ``extra`` holds optional frame fields (``buffers``).
+EventCallback = Callable[..., None]
 
 
 class WorkerDied(Exception):
@@ -57,7 +58,7 @@ class WorkerProcess:
         self.options = options
         self.line_limit = line_limit
         self.cell_timeout = cell_timeout
-        self.on_unsolicited: EventCallback = lambda event, content: None
+        self.on_unsolicited: EventCallback = lambda event, content, extra=None: None
         self.proc: asyncio.subprocess.Process | None = None
         self.detail = ""
         self.ready_info: dict[str, Any] = {}
@@ -204,10 +205,11 @@ class WorkerProcess:
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
+            extra = {"buffers": message["buffers"]} if message.get("buffers") else None
             if pending is not None and pending.on_event is not None:
-                pending.on_event(event, content)
+                pending.on_event(event, content, extra)
             elif request_id is None:
-                self.on_unsolicited(event, content)
+                self.on_unsolicited(event, content, extra)
         elif kind == "reply":
             pending = self._pending.get(request_id)
             if pending is not None and not pending.future.done():
