@@ -22,6 +22,8 @@ log = logging.getLogger("kcr_runner.server")
 
 #: Ops a client may send on ``/channel`` that are queued for the worker.
 CHANNEL_OPS = QUEUED_OPS - {"snapshot", "restore"}
+#: Ops a client may send on ``/channel`` that bypass the queue.
+DIRECT_OPS = ("debug_request", "input_reply", "interrupt", "kernel_info")
 
 
 @dataclass
@@ -441,8 +443,7 @@ class ChannelHandler(websocket.WebSocketHandler):
             self.protocol_error(
                 request_id,
                 "unknown_op",
-                f"unknown op {op!r}; known ops: "
-                f"{', '.join(sorted([*CHANNEL_OPS, 'debug_request', 'input_reply', 'interrupt', 'kernel_info']))}",
+                f"unknown op {op!r}; known ops: {', '.join(sorted([*CHANNEL_OPS, *DIRECT_OPS]))}",
             )
 
     async def _control(self, request_id: Any, op: str, content: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
-"""ipykernel's own kernel with kcr's extension points: ``python -m kcr_runner.python_worker.kernel``.
+"""ipykernel's own kernel with kcr's extension points (``-m kcr_runner.python_worker.kernel``).
 
-This is stock ``IPKernelApp`` (so ``'IPKernelApp' in get_ipython().config``, ``ZMQInteractiveShell``,
-the comm manager, the display publisher and the debugpy-based debugger are ipykernel's) with
-``kernel_class`` set to :class:`KCRKernel`, an ``IPythonKernel`` that adds message handlers --
-ipykernel's documented way to extend a kernel -- and nothing else:
+This is stock ``IPKernelApp`` (so ``'IPKernelApp' in get_ipython().config``,
+``ZMQInteractiveShell``, the comm manager, the display publisher and the debugpy-based debugger
+are ipykernel's) with ``kernel_class`` set to :class:`KCRKernel`, an ``IPythonKernel`` that adds
+message handlers -- ipykernel's documented way to extend a kernel -- and nothing else:
 
 shell channel (run on the main thread, in order with cells)
     ``kcr_snapshot_request`` ``{"max_bytes": N}`` -> ``kcr_snapshot_reply`` ``{"status": "ok",

@@ -200,7 +200,7 @@ class Relay:
                 self._drain(self.stdin, self.on_stdin)
             if self.proto_in in events:
                 self.read_runner()
-            if self._pidfd is not None and self._pidfd in events or self._pidfd is None:
+            if self._pidfd is None or self._pidfd in events:
                 self._check_kernel_alive()
             self._expire_idle_without_reply()
 
