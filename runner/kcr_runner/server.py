@@ -438,7 +438,9 @@ class ChannelHandler(websocket.WebSocketHandler):
         elif op in CHANNEL_OPS:
             if op == "execute" and not isinstance(content.get("code", ""), str):
                 return self.protocol_error(request_id, "bad_content", '"code" must be a string')
-            asyncio.ensure_future(self._request(request_id, op, content))
+            header = frame.get("header")
+            header = header if isinstance(header, dict) else None
+            asyncio.ensure_future(self._request(request_id, op, content, header))
         else:
             self.protocol_error(
                 request_id,
@@ -466,7 +468,9 @@ class ChannelHandler(websocket.WebSocketHandler):
             }
         self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
 
-    async def _request(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+    async def _request(
+        self, request_id: Any, op: str, content: dict[str, Any], header: dict | None = None
+    ) -> None:
         worker = self.state.worker
         worker_id = worker.new_id()
         seen: dict[str, Any] = {}
@@ -480,7 +484,7 @@ class ChannelHandler(websocket.WebSocketHandler):
             self.send({**frame, **extra} if extra else frame)
 
         try:
-            msg_type, reply = await worker.request(worker_id, op, content, on_event)
+            msg_type, reply = await worker.request(worker_id, op, content, on_event, header)
         except WorkerDied as exc:
             error = {"ename": "KernelDied", "evalue": str(exc), "traceback": [str(exc)]}
             self.send({"id": request_id, "event": "error", "content": error})

@@ -110,9 +110,15 @@ class WorkerProcess:
             await self.kill()
 
     async def request(
-        self, request_id: str, op: str, content: dict[str, Any], on_event: EventCallback | None
+        self,
+        request_id: str,
+        op: str,
+        content: dict[str, Any],
+        on_event: EventCallback | None,
+        header: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """Queue one request; returns ``(msg_type, content)`` of its reply.
+        """Queue one request; returns ``(msg_type, content)`` of its reply. ``header`` (the
+        client's Jupyter header) is passed on to workers that speak Jupyter to a kernel.
 
         Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
         """
@@ -128,9 +134,10 @@ class WorkerProcess:
                     self.cell_timeout, lambda: asyncio.ensure_future(self._timeout())
                 )
             try:
-                await self._write(
-                    {"type": "request", "id": request_id, "op": op, "content": content}
-                )
+                message = {"type": "request", "id": request_id, "op": op, "content": content}
+                if header:
+                    message["header"] = header
+                await self._write(message)
                 return await future
             finally:
                 if timer is not None:
@@ -205,7 +212,7 @@ class WorkerProcess:
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
-            extra = {"buffers": message["buffers"]} if message.get("buffers") else None
+            extra = {k: message[k] for k in ("buffers", "parent") if message.get(k)} or None
             if pending is not None and pending.on_event is not None:
                 pending.on_event(event, content, extra)
             elif request_id is None:

@@ -137,7 +137,16 @@ class Relay:
         except (BrokenPipeError, ValueError):
             self.stop_kernel_and_exit(0)
 
-    def event(self, request_id: str | None, event: str, content: dict[str, Any], buffers=None):
+    def event(
+        self,
+        request_id: str | None,
+        event: str,
+        content: dict[str, Any],
+        buffers=None,
+        parent: dict[str, Any] | None = None,
+    ) -> None:
+        """One event; ``buffers`` (binary parts of a comm message) travel as base64 strings,
+        and an event of no request carries its kernel-side ``parent`` header when it has one."""
         message: dict[str, Any] = {
             "type": "event",
             "id": request_id,
@@ -146,6 +155,8 @@ class Relay:
         }
         if buffers:
             message["buffers"] = [base64.b64encode(bytes(b)).decode() for b in buffers]
+        if parent:
+            message["parent"] = _plain_header(parent)
         self.send(message)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -248,7 +259,13 @@ class Relay:
             content = self._cap_stream(pending, content)
             if content is None:
                 return
-        self.event(request_id, msg_type, content, msg.get("buffers"))
+        self.event(
+            request_id,
+            msg_type,
+            content,
+            msg.get("buffers"),
+            None if request_id is not None else msg.get("parent_header"),
+        )
         if pending is not None and pending.truncated and not pending.extra.get("noticed"):
             pending.extra["noticed"] = True
             notice = (
@@ -409,6 +426,12 @@ class Relay:
         elif op == "restore":
             buffers = [content.pop("blob", b"")]
         msg = self.session.msg(msg_type, content)
+        header = message.get("header")
+        if isinstance(header, dict) and isinstance(header.get("msg_id"), str):
+            # The client's own header: the kernel's get_parent() is the client's request, so
+            # what keys on msg_ids (the Output widget's capture, update_display) just works.
+            if header["msg_id"] not in self.pending:
+                msg["header"] = {**msg["header"], **header, "msg_type": msg_type}
         msg_id = msg["header"]["msg_id"]
         self.pending[msg_id] = Pending(request_id, op)
         if op == "execute":
@@ -484,6 +507,11 @@ class Relay:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.kernel_pid, signal.SIGKILL)
         os._exit(code)
+
+
+def _plain_header(header: dict[str, Any]) -> dict[str, Any]:
+    """A header that JSON can carry (jupyter_client parses ``date`` into a datetime)."""
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in header.items()}
 
 
 def _decode_buffers(value: Any) -> list[bytes]:
