@@ -370,7 +370,7 @@ class KernelSession:
             self.reply(listener, "shell", "kernel_info_reply", self.kernel_info_reply(), parent)
             return
         if msg_type in COMM_OPS:
-            self._send_comm(msg)
+            await self._send_comm(msg)
             return
         if msg_type not in RUNNER_OPS:
             log.info("kernel %s: unknown shell message %s", self.kernel_id, msg_type)
@@ -473,13 +473,13 @@ class KernelSession:
             raise RunnerGone("the kernel has no running pod")
         return self.runner
 
-    def _send_comm(self, msg: dict) -> None:
-        """Hand a client's comm message to the kernel, in order, without waiting for it.
+    async def _send_comm(self, msg: dict) -> None:
+        """Hand a client's comm message to the kernel and wait until the kernel handled it.
 
-        Like ipykernel, a comm message gets no reply; what the kernel sends because of it
-        (``comm_msg`` back, a widget's outputs) has it as parent. Binary buffers travel
-        base64-encoded. A comm message for a kernel without a pod is dropped (and logged):
-        its comms closed when the pod went away.
+        Like ipykernel, a comm message gets no reply, and its ``idle`` comes once the kernel
+        is done with it; what the kernel sends because of it (``comm_msg`` back, a widget's
+        outputs) has it as parent. Binary buffers travel base64-encoded. A comm message for
+        a kernel without a pod is dropped (and logged): its comms closed with the pod.
         """
         parent = msg["header"]
         content = dict(msg.get("content") or {})
@@ -491,10 +491,9 @@ class KernelSession:
             _, future = runner.start_request(
                 COMM_OPS[parent["msg_type"]], content, self._event_publisher(parent), parent
             )
+            await future
         except RunnerError as e:
             log.warning("kernel %s: %s not delivered: %s", self.kernel_id, parent["msg_type"], e)
-            return
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _event_publisher(self, parent: dict) -> Callable[..., None]:
         """An ``on_event`` callback that publishes a request's events on iopub."""

@@ -69,6 +69,9 @@ class WorkerProcess:
         self._ready: asyncio.Future | None = None
         self._reader: asyncio.Task | None = None
         self.current: str | None = None
+        self.current_op: str | None = None
+        self._executes_waiting = 0  # executes queued behind the running request
+        self._deferred_interrupt: dict[str, Any] | None = None
 
     @property
     def alive(self) -> bool:
@@ -122,12 +125,20 @@ class WorkerProcess:
 
         Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
         """
-        async with self._lock:
+        if op == "execute":
+            self._executes_waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            if op == "execute":
+                self._executes_waiting -= 1
+        try:
             if not self._alive:
                 raise WorkerDied(self.detail or "the kernel process is not running")
             future = asyncio.get_running_loop().create_future()
             self._pending[request_id] = _Pending(future, on_event)
             self.current = request_id
+            self.current_op = op
             timer = None
             if op == "execute" and self.cell_timeout:
                 timer = asyncio.get_running_loop().call_later(
@@ -138,12 +149,18 @@ class WorkerProcess:
                 if header:
                     message["header"] = header
                 await self._write(message)
+                if op == "execute" and self._deferred_interrupt is not None:
+                    deferred, self._deferred_interrupt = self._deferred_interrupt, None
+                    await self._write(deferred)
                 return await future
             finally:
                 if timer is not None:
                     timer.cancel()
                 self.current = None
+                self.current_op = None
                 self._pending.pop(request_id, None)
+        finally:
+            self._lock.release()
 
     async def control(self, op: str, content: dict[str, Any]) -> dict[str, Any]:
         """A request the worker answers at once, even while a cell runs (``set_env``)."""
@@ -160,8 +177,16 @@ class WorkerProcess:
             self._pending.pop(request_id, None)
 
     async def interrupt(self, reason: str = "user", message: str = "") -> None:
-        if self._alive:
-            await self._write({"type": "interrupt", "reason": reason, "message": message})
+        """Interrupt the running execute. One that arrives while an execute waits behind
+        another request (a snapshot, a completion) is kept and sent right behind that
+        execute, so it is never lost."""
+        if not self._alive:
+            return
+        frame = {"type": "interrupt", "reason": reason, "message": message}
+        if self.current_op != "execute" and self._executes_waiting:
+            self._deferred_interrupt = frame
+            return
+        await self._write(frame)
 
     async def send_input(self, request_id: str, value: str) -> None:
         if self._alive:
