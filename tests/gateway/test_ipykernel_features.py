@@ -118,11 +118,12 @@ async def test_tqdm_auto_picks_the_notebook_bar(kernel):
         "from tqdm.auto import tqdm\n"
         "for _ in tqdm(range(3)):\n"
         "    pass\n"
-        "print(tqdm.__module__)\n"
+        "from tqdm.notebook import tqdm_notebook\n"
+        "print(issubclass(tqdm, tqdm_notebook))\n"
     )
     r = await kernel.execute(code)
     assert r.content["status"] == "ok", r.content
-    assert r.stdout.strip() == "tqdm.notebook"
+    assert r.stdout.strip() == "True"
     assert _comm_opens(r)  # the bar is a widget
 
 
@@ -140,6 +141,11 @@ async def test_comm_info_lists_open_widgets(kernel):
     assert {c["target_name"] for c in r.content["comms"].values()} == {"jupyter.widget"}
 
 
+#: Comm messages sent back to back (each is a kernel round trip, as in ipykernel: kept small
+#: because the test machine is shared; bench/ measures the rate).
+FLOOD = 1000
+
+
 async def test_bad_comm_input_does_not_wedge_the_kernel(kernel):
     await _comm_msg(kernel, "no-such-comm", {"method": "update", "state": {}})
     await kernel.execute("import ipywidgets as w\nflood = w.IntText()")
@@ -147,20 +153,18 @@ async def test_bad_comm_input_does_not_wedge_the_kernel(kernel):
     comm_id = r_id.outputs("execute_result")[0]["data"]["text/plain"].strip("'")
     # a flood of updates: the last one wins and the kernel answers afterwards
     last = None
-    for i in range(2000):
+    for i in range(FLOOD):
         last = kernel.send(
             kernel.make(
                 "comm_msg",
                 {"comm_id": comm_id, "data": {"method": "update", "state": {"value": i}}},
             )
         )
-    await wait_for(
-        lambda: any(m["msg_type"] == "status" for m in last.iopub), 120, "flood drained"
-    )
+    await wait_for(lambda: any(m["msg_type"] == "status" for m in last.iopub), 120, "flood drained")
     r = await kernel.execute("flood.value")
-    assert r.outputs("execute_result")[0]["data"]["text/plain"] == "1999"
-    # a big widget state (10 MB of text) goes through too
-    big = "x" * (10 * 1024 * 1024)
+    assert r.outputs("execute_result")[0]["data"]["text/plain"] == str(FLOOD - 1)
+    # a big widget state (8 MB of text; the WebSocket frame limit is the gateway's) goes through
+    big = "x" * (8 * 1024 * 1024)
     await _comm_msg(kernel, comm_id, {"method": "update", "state": {"description": big}}, 120)
     r = await kernel.execute("len(flood.description)")
     assert r.outputs("execute_result")[0]["data"]["text/plain"] == str(len(big))
