@@ -96,11 +96,21 @@ class KernelSession:
         self._interrupt_pending = False  # an interrupt for an execute not yet sent to the runner
         self._last_parent: dict = {}
         self._closed = False
+        # What lives only in the pod's kernel process and cannot move with the kernel:
+        self.open_comms: dict[str, str] = {}  # comm_id -> target_name
+        self.debugging = False  # a debugger client attached
+        self.move_notes: list[str] = []  # sentences for the move notice (see attach_runner)
 
     # -- lifecycle ------------------------------------------------------------
 
     async def attach_runner(self, runner: RunnerClient, kernel_info: dict | None = None) -> None:
-        """Put ``runner`` behind this session (start, restart, move to a new pod)."""
+        """Put ``runner`` behind this session (start, restart, move to a new pod).
+
+        Comms and a debug session live in the old pod's kernel process and cannot move:
+        clients get ``comm_close`` for each open comm (the front end shows the widget as
+        disconnected) and a DAP ``terminated`` event; ``move_notes`` says so for the notice.
+        """
+        self.move_notes = self._end_pod_bound_sessions()
         runner.on_unsolicited = self._on_unsolicited
         self.runner = runner
         if kernel_info is None:
@@ -108,6 +118,33 @@ class KernelSession:
         self.kernel_info = kernel_info
         self._ensure_shell_loop()
         self.set_state("idle")
+
+    def _end_pod_bound_sessions(self) -> list[str]:
+        notes = []
+        comms, self.open_comms = self.open_comms, {}
+        for comm_id in comms:
+            self.publish("comm_close", {"comm_id": comm_id, "data": {}}, self._last_parent)
+        if comms:
+            notes.append(
+                f"{len(comms)} widget comm(s) were closed (a comm cannot move between pods): "
+                "run their cells again."
+            )
+        if self.debugging:
+            self.debugging = False
+            event = {"seq": 0, "type": "event", "event": "terminated", "body": {}}
+            self.publish("debug_event", event, self._last_parent)
+            notes.append("The debug session ended.")
+        return notes
+
+    def _track_comm(self, msg_type: str, content: dict) -> None:
+        """Keep ``open_comms`` up to date from comm messages in either direction."""
+        comm_id = content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return
+        if msg_type == "comm_open":
+            self.open_comms[comm_id] = str(content.get("target_name", ""))
+        elif msg_type == "comm_close":
+            self.open_comms.pop(comm_id, None)
 
     @property
     def idle(self) -> bool:
@@ -159,6 +196,8 @@ class KernelSession:
         msg = self.make_msg(msg_type, content, parent, "iopub")
         if buffers:
             msg["buffers"] = buffers
+        if msg_type in ("comm_open", "comm_close"):
+            self._track_comm(msg_type, content)
         for listener in list(self.listeners):
             listener.send("iopub", msg)
 
@@ -302,7 +341,13 @@ class KernelSession:
             if self.runner is None or not self.kernel_info.get("debugger"):
                 raise RunnerError("this kernel has no debugger (debugpy is not in its pod)")
             frame = await self._require_runner().request("debug_request", content, None, parent)
-            return frame.get("content") or {}
+            reply = frame.get("content") or {}
+            command = content.get("command") if isinstance(content, dict) else None
+            if command == "attach" and reply.get("success"):
+                self.debugging = True
+            elif command == "disconnect":
+                self.debugging = False
+            return reply
         except RunnerError as e:
             return {
                 "type": "response",
@@ -483,6 +528,7 @@ class KernelSession:
         """
         parent = msg["header"]
         content = dict(msg.get("content") or {})
+        self._track_comm(parent["msg_type"], content)
         buffers = msg.get("buffers") or []
         if buffers:
             content["buffers"] = [base64.b64encode(bytes(b)).decode() for b in buffers]
