@@ -175,6 +175,15 @@ class KernelSession:
     def add_listener(self, listener: KernelListener) -> None:
         self.listeners.append(listener)
 
+    def welcome(self, listener: KernelListener) -> None:
+        """What a kernel's iopub says to a client that just subscribed: ``iopub_welcome``
+        (JEP 65, as ipykernel's XPUB socket sends it) and the current execution state,
+        so a client that connects after the kernel started still sees a ``status``."""
+        listener.send("iopub", self.make_msg("iopub_welcome", {"subscription": ""}, None, "iopub"))
+        state = self.execution_state if self.execution_state != "dead" else "idle"
+        status = {"execution_state": state}
+        listener.send("iopub", self.make_msg("status", status, None, "iopub"))
+
     def remove_listener(self, listener: KernelListener) -> None:
         if listener in self.listeners:
             self.listeners.remove(listener)

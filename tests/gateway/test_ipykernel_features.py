@@ -247,3 +247,18 @@ async def test_malformed_debug_requests_get_an_answer(kernel):
     r = await kernel.execute("1 + 1")
     assert r.content["status"] == "ok"
     await asyncio.sleep(0)
+
+
+async def test_a_new_connection_gets_iopub_welcome_then_a_status(kernel, base_url):
+    from tests.gateway.conftest import WSKernelClient
+
+    other = await WSKernelClient.connect(base_url, kernel.kernel_id)
+    try:
+        await wait_for(lambda: len(other.unclaimed) >= 2, 30, "welcome and status")
+        first, second = other.unclaimed[:2]
+        assert first["msg_type"] == "iopub_welcome" and first["channel"] == "iopub"
+        assert first["content"] == {"subscription": ""}
+        assert second["msg_type"] == "status"
+        assert second["content"]["execution_state"] in ("idle", "busy")
+    finally:
+        other.close()
