@@ -111,6 +111,7 @@ def main() -> None:
             "kernel_info": info,
         }
     )
+    relay.flush()
     relay.serve_forever()
 
 

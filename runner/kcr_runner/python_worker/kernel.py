@@ -33,6 +33,7 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
+from traitlets import Float
 
 from .. import __version__
 from . import state
@@ -43,6 +44,9 @@ class KCRKernel(IPythonKernel):
 
     implementation = "kcr-python"
     implementation_version = __version__
+    # ipykernel sleeps 0.5 ms before each execute_reply so iopub output tends to arrive first;
+    # the relay already holds every reply until the kernel's iopub idle, so no sleep is needed.
+    _execute_sleep = Float(0.0).tag(config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

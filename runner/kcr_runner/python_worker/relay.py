@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import zmq
-from jupyter_client.session import Session
 
 from ..worker_protocol import decode, encode, split_blob
+from . import wire
 
 #: Runner op -> Jupyter request msg_type (shell channel).
 SHELL_OPS = {
@@ -91,18 +91,16 @@ class Relay:
         self.kernel_pid = kernel_pid
         self.max_output = int(options.get("max_output_bytes", 10 * 1024 * 1024))
         self.max_state = int(options.get("max_state_bytes", 1 << 30))
-        self.session = Session(
-            key=connection["key"].encode(),
-            signature_scheme=connection.get("signature_scheme", "hmac-sha256"),
-            username="kcr",
-        )
+        if connection.get("key"):
+            raise ValueError("the relay speaks unsigned messages: the connection key must be empty")
+        self.writer = wire.Writer()
         self.context = zmq.Context()
         base = f"{connection['transport']}://{connection['ip']}"
 
         def url(port: int) -> str:
             return f"{base}-{port}" if connection["transport"] == "ipc" else f"{base}:{port}"
 
-        ident = self.session.bsession
+        ident = self.writer.session.encode()
         self.shell = self._socket(zmq.DEALER, url(connection["shell_port"]), ident)
         self.control = self._socket(zmq.DEALER, url(connection["control_port"]), ident)
         self.stdin = self._socket(zmq.DEALER, url(connection["stdin_port"]), ident)
@@ -112,6 +110,7 @@ class Relay:
         self.execute_msg_id: str | None = None  # the execute in flight
         self.execution_count = 0
         self._inbuf = bytearray()
+        self._out: list[bytes] = []
         self._blob_wanted: tuple[dict[str, Any], int] | None = None
         self._pidfd: int | None = None
         with contextlib.suppress(AttributeError, OSError):
@@ -128,11 +127,20 @@ class Relay:
 
     # -- to the runner -------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
+        """Queue one message for the runner; :meth:`flush` writes what the loop turn queued in
+        one go (fewer wake-ups for the runner when a cell's outputs come in a burst)."""
         message, blob = split_blob(message)
+        self._out.append(encode(message))
+        if blob is not None:
+            self._out.append(blob)
+
+    def flush(self) -> None:
+        if not self._out:
+            return
+        data, self._out = self._out, []
         try:
-            self.proto_out.write(encode(message))
-            if blob is not None:
-                self.proto_out.write(blob)
+            for chunk in data:
+                self.proto_out.write(chunk)
             self.proto_out.flush()
         except (BrokenPipeError, ValueError):
             self.stop_kernel_and_exit(0)
@@ -156,7 +164,7 @@ class Relay:
         if buffers:
             message["buffers"] = [base64.b64encode(bytes(b)).decode() for b in buffers]
         if parent:
-            message["parent"] = _plain_header(parent)
+            message["parent"] = parent
         self.send(message)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -171,13 +179,13 @@ class Relay:
         poller.register(self.iopub, zmq.POLLIN)
         info: dict[str, Any] | None = None
         while time.monotonic() < deadline:
-            msg_id = self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]
+            msg_id = self._send(self.shell, self.writer.header("kernel_info_request"), {})
             seen_iopub = False
             round_end = time.monotonic() + 0.5
             while time.monotonic() < round_end and not (info and seen_iopub):
                 self._check_kernel_alive()
                 for sock, _ in poller.poll(50):
-                    _, msg = self.session.recv(sock, mode=zmq.NOBLOCK)
+                    msg = self._recv(sock)
                     if msg is None or msg["parent_header"].get("msg_id") != msg_id:
                         continue
                     if sock is self.shell:
@@ -214,6 +222,7 @@ class Relay:
             if self._pidfd is None or self._pidfd in events:
                 self._check_kernel_alive()
             self._expire_idle_without_reply()
+            self.flush()
 
     def _next_timeout(self) -> int | None:
         waits = [p.idle_at + REPLY_GRACE for p in self.pending.values() if p.idle and not p.reply]
@@ -223,17 +232,32 @@ class Relay:
             return None
         return max(int((min(waits) - time.monotonic()) * 1000) + 1, 0)
 
-    def _drain(self, sock: zmq.Socket, handler) -> None:
+    def _send(
+        self,
+        sock: zmq.Socket,
+        header: dict[str, Any],
+        content: dict[str, Any],
+        parent: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> str:
+        sock.send_multipart(self.writer.frames(header, content, parent, buffers))
+        return header["msg_id"]
+
+    def _recv(self, sock: zmq.Socket) -> dict[str, Any] | None:
+        """One message if one is waiting (None otherwise); a malformed one is logged and
+        skipped."""
         while True:
             try:
-                _, msg = self.session.recv(sock, mode=zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError:
-                return
-            except Exception as exc:  # a bad message must not stop the relay
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            try:
+                return wire.parse(frames)
+            except (ValueError, UnicodeDecodeError) as exc:
                 print(f"kcr relay: bad kernel message ignored: {exc}", file=sys.stderr)
-                continue
-            if msg is None:
-                return
+
+    def _drain(self, sock: zmq.Socket, handler) -> None:
+        while (msg := self._recv(sock)) is not None:
             handler(msg)
 
     # -- from the kernel ---------------------------------------------------------------------
@@ -425,14 +449,14 @@ class Relay:
             content["max_bytes"] = self.max_state
         elif op == "restore":
             buffers = [content.pop("blob", b"")]
-        msg = self.session.msg(msg_type, content)
+        jheader = self.writer.header(msg_type)
         header = message.get("header")
         if isinstance(header, dict) and isinstance(header.get("msg_id"), str):
             # The client's own header: the kernel's get_parent() is the client's request, so
             # what keys on msg_ids (the Output widget's capture, update_display) just works.
             if header["msg_id"] not in self.pending:
-                msg["header"] = {**msg["header"], **header, "msg_type": msg_type}
-        msg_id = msg["header"]["msg_id"]
+                jheader = {**jheader, **header, "msg_type": msg_type}
+        msg_id = jheader["msg_id"]
         self.pending[msg_id] = Pending(request_id, op)
         if op == "execute":
             self.execute_msg_id = msg_id
@@ -445,7 +469,7 @@ class Relay:
                     "execute_input",
                     {"code": code, "execution_count": self.execution_count},
                 )
-        self.session.send(self.shell, msg, buffers=buffers)
+        self._send(self.shell, jheader, content, None, buffers)
 
     def on_control(self, message: dict[str, Any]) -> None:
         request_id, op = message.get("id"), message.get("op")
@@ -454,9 +478,9 @@ class Relay:
             error = {"status": "error", "ename": "ValueError", "evalue": "unknown control op"}
             self.send({"type": "reply", "id": request_id, "msg_type": "error", "content": error})
             return
-        msg = self.session.msg(msg_type, message.get("content") or {})
-        self.pending[msg["header"]["msg_id"]] = Pending(request_id, op, control=True)
-        self.session.send(self.control, msg)
+        header = self.writer.header(msg_type)
+        self.pending[header["msg_id"]] = Pending(request_id, op, control=True)
+        self._send(self.control, header, message.get("content") or {})
 
     def on_interrupt(self, message: dict[str, Any]) -> None:
         if self.execute_msg_id is None:
@@ -466,16 +490,14 @@ class Relay:
             "reason": message.get("reason", "user"),
             "message": message.get("message", ""),
         }
-        self.session.send(self.control, "kcr_interrupt_request", content)
+        self._send(self.control, self.writer.header("kcr_interrupt_request"), content)
 
     def on_input_reply(self, message: dict[str, Any]) -> None:
         for pending in self.pending.values():
             if pending.request_id == message.get("id") and pending.input_parent is not None:
-                parent = {"header": pending.input_parent}
-                pending.input_parent = None
-                self.session.send(
-                    self.stdin, "input_reply", {"value": str(message.get("value", ""))}, parent
-                )
+                parent, pending.input_parent = pending.input_parent, None
+                reply = {"value": str(message.get("value", ""))}
+                self._send(self.stdin, self.writer.header("input_reply"), reply, parent)
                 return
 
     # -- the kernel's life ---------------------------------------------------------------------
@@ -493,7 +515,7 @@ class Relay:
 
     def die_like(self, status: int) -> None:
         with contextlib.suppress(Exception):
-            self.proto_out.flush()
+            self.flush()
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             with contextlib.suppress(Exception):
@@ -507,11 +529,6 @@ class Relay:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.kernel_pid, signal.SIGKILL)
         os._exit(code)
-
-
-def _plain_header(header: dict[str, Any]) -> dict[str, Any]:
-    """A header that JSON can carry (jupyter_client parses ``date`` into a datetime)."""
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in header.items()}
 
 
 def _decode_buffers(value: Any) -> list[bytes]:
