@@ -213,9 +213,18 @@ async def test_exit_and_help_become_payloads(channel):
     assert reply["content"]["status"] == "ok"  # the worker is still there
 
 
-async def test_output_between_cells_has_a_null_id(channel):
-    code = "import threading\nthreading.Timer(0.2, lambda: print('late')).start()"
+async def test_output_between_cells_has_a_null_id(channel, shared_runner):
+    flag = shared_runner.workspace / "release-late"
+    code = (
+        "import os, threading, time\n"
+        "def late():\n"
+        f"    while not os.path.exists({str(flag)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    print('late')\n"
+        "threading.Thread(target=late).start()"
+    )
     _, reply = await channel.execute(code)
     assert reply["content"]["status"] == "ok"
+    flag.write_text("go")  # the thread prints only once its cell is over
     late = await channel.wait_for(lambda f: f.get("id") is None)
     assert late["event"] == "stream" and late["content"]["text"] == "late\n"
