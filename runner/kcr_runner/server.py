@@ -24,6 +24,8 @@ log = logging.getLogger("kcr_runner.server")
 
 #: Ops a client may send on ``/channel`` that are queued for the worker.
 CHANNEL_OPS = QUEUED_OPS - {"snapshot", "restore"}
+#: Ops a client may send on ``/channel`` that bypass the queue.
+DIRECT_OPS = ("debug_request", "input_reply", "interrupt", "kernel_info")
 
 #: Bytes a ``/channel`` connection may have queued and not yet sent before the runner stops
 #: reading the worker's output (the worker then blocks on its pipe: natural back-pressure).
@@ -53,15 +55,25 @@ class RunnerState:
     def new_budget(self) -> OutputBudget:
         return OutputBudget(self.max_output_bytes, self.max_output_messages)
 
-    def broadcast(self, event: str, content: dict[str, Any]) -> Awaitable[None] | None:
+    def broadcast(
+        self, event: str, content: dict[str, Any], extra: dict | None = None
+    ) -> Awaitable[None] | None:
         """Send an event not caused by a request to every connection (within the budget);
         returns an awaitable while a connection's send buffer is full."""
         channels = list(self.channels)
         for name, content_json in self.between_cells.admit(event, content):
             for channel in channels:
-                channel.send_event(None, name, content_json)
+                channel.send_event(None, name, content_json, extra)
         waits = [w for w in (channel.drained() for channel in channels) if w is not None]
         return asyncio.gather(*waits) if waits else None
+
+    def kernel_info(self) -> dict[str, Any]:
+        """The language's kernel_info, overridden by what the worker said when it started
+        (the Python worker reports ipykernel's own ``kernel_info_reply``)."""
+        info = dict(self.language.kernel_info())
+        info.update(self.worker.ready_info.get("kernel_info") or {})
+        info.pop("status", None)
+        return info
 
 
 def _authorized(handler: web.RequestHandler, token: str) -> bool:
@@ -169,7 +181,7 @@ class HealthHandler(ApiHandler):
 
 class KernelInfoHandler(ApiHandler):
     def get(self) -> None:
-        self.send_json(self.state.language.kernel_info())
+        self.send_json(self.state.kernel_info())
 
 
 class InterruptHandler(BodyHandler):
@@ -397,11 +409,15 @@ class ChannelHandler(websocket.WebSocketHandler):
     def send(self, frame: dict[str, Any]) -> None:
         self.send_text(json.dumps(frame))
 
-    def send_event(self, request_id: Any, event: str, content_json: str) -> None:
-        """Send an event frame whose content is already JSON text (measured by the budget)."""
+    def send_event(
+        self, request_id: Any, event: str, content_json: str, extra: dict | None = None
+    ) -> None:
+        """Send an event frame whose content is already JSON text (measured by the budget);
+        ``extra`` adds optional frame fields (``buffers``, ``parent``)."""
+        tail = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in (extra or {}).items())
         self.send_text(
             f'{{"id": {json.dumps(request_id)}, "event": {json.dumps(event)}, '
-            f'"content": {content_json}}}'
+            f'"content": {content_json}{tail}}}'
         )
 
     def send_text(self, text: str) -> None:
@@ -470,22 +486,48 @@ class ChannelHandler(websocket.WebSocketHandler):
                     "id": request_id,
                     "event": "reply",
                     "msg_type": "kernel_info_reply",
-                    "content": {"status": "ok", **self.state.language.kernel_info()},
+                    "content": {"status": "ok", **self.state.kernel_info()},
                 }
             )
+        elif op == "debug_request":
+            # Control channel: answered while a cell runs (stopped at a breakpoint).
+            asyncio.ensure_future(self._control(request_id, op, content))
         elif op in CHANNEL_OPS:
             if op == "execute" and not isinstance(content.get("code", ""), str):
                 return self.protocol_error(request_id, "bad_content", '"code" must be a string')
-            asyncio.ensure_future(self._request(request_id, op, content))
+            header = frame.get("header")
+            header = header if isinstance(header, dict) else None
+            asyncio.ensure_future(self._request(request_id, op, content, header))
         else:
             self.protocol_error(
                 request_id,
                 "unknown_op",
-                f"unknown op {op!r}; known ops: "
-                f"{', '.join(sorted([*CHANNEL_OPS, 'input_reply', 'interrupt', 'kernel_info']))}",
+                f"unknown op {op!r}; known ops: {', '.join(sorted([*CHANNEL_OPS, *DIRECT_OPS]))}",
             )
 
-    async def _request(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+    async def _control(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+        """A request the worker answers at once, beside the queue (``debug_request``)."""
+        try:
+            reply = await self.state.worker.control(op, content)
+            msg_type = reply_type(op) if op != "debug_request" else "debug_reply"
+        except WorkerDied as exc:
+            msg_type = "debug_reply" if op == "debug_request" else reply_type(op)
+            reply = {"status": "error", "ename": "KernelDied", "evalue": str(exc), "traceback": []}
+        if op == "debug_request" and reply.get("status") == "error" and "type" not in reply:
+            # A DAP response, so a debugger front end can show why.
+            reply = {
+                "type": "response",
+                "request_seq": content.get("seq", 0),
+                "success": False,
+                "command": content.get("command", ""),
+                "message": reply.get("evalue", "the debugger is not available"),
+                "body": {},
+            }
+        self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
+
+    async def _request(
+        self, request_id: Any, op: str, content: dict[str, Any], header: dict | None = None
+    ) -> None:
         worker = self.state.worker
         worker_id = worker.new_id()
         seen: dict[str, Any] = {}
@@ -493,16 +535,18 @@ class ChannelHandler(websocket.WebSocketHandler):
         if op == "execute":
             self._executes[request_id] = worker_id
 
-        def on_event(event: str, event_content: dict[str, Any]) -> Awaitable[None] | None:
+        def on_event(
+            event: str, event_content: dict[str, Any], extra: dict | None = None
+        ) -> Awaitable[None] | None:
             if event == "execute_input":
                 seen["execution_count"] = event_content.get("execution_count")
                 self.state.between_cells.reset()
             for name, content_json in budget.admit(event, event_content):
-                self.send_event(request_id, name, content_json)
+                self.send_event(request_id, name, content_json, extra)
             return self.drained()
 
         try:
-            msg_type, reply = await worker.request(worker_id, op, content, on_event)
+            msg_type, reply = await worker.request(worker_id, op, content, on_event, header)
         except WorkerDied as exc:
             error = {"ename": "KernelDied", "evalue": str(exc), "traceback": [str(exc)]}
             self.send({"id": request_id, "event": "error", "content": error})

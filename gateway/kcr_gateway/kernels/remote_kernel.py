@@ -375,6 +375,10 @@ class RemoteKernel(LoggingConfigurable):
                 result = await self.host.checkpointer.restore(self)
             await self.save_record()
         notice = resume_notice(lost_reason, result, self.last_checkpoint)
+        if self.session.move_notes:  # comms and debug sessions stay behind with the pod
+            head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
+            notice = " ".join([head, *self.session.move_notes]) + "\n"
+            self.session.move_notes = []
         if notice:
             self.session.tell_user(notice)
         self.log.info(
