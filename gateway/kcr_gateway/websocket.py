@@ -54,7 +54,7 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     Output is bounded per connection (:class:`SendBuffer`): while this client has more than
     ``max_buffer_bytes`` of output unread, the session stops reading the kernel's output
     (the kernel waits; :meth:`drained`); a client still over the limit after
-    ``slow_client_timeout`` seconds, or with twice the limit unread, is disconnected with
+    ``slow_client_timeout`` seconds, or already over it with twice the limit unread, is disconnected with
     close code 1008 "client too slow: N MiB of output unread". The kernel keeps running and
     its other clients keep getting its output.
     """
@@ -150,11 +150,14 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
                 frame, binary = serialize_binary_message(msg), True
             else:
                 frame, binary = json.dumps(msg, default=json_default), False
+            backlog = self.buffer.unsent  # unread before this frame
             self.buffer.track(len(frame), handler.write_message(frame, binary=binary))
         except WebSocketClosedError:
             self.disconnect()
             return
-        if self.buffer.unsent > 2 * self.buffer.limit:
+        # One big message (an 8 MB widget state) to a client that keeps up is fine; a client
+        # already over the limit that keeps falling behind is not.
+        if backlog > self.buffer.limit and self.buffer.unsent > 2 * self.buffer.limit:
             self.too_slow()
 
     # PacedListener
