@@ -54,8 +54,8 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     Output is bounded per connection (:class:`SendBuffer`): while this client has more than
     ``max_buffer_bytes`` of output unread, the session stops reading the kernel's output
     (the kernel waits; :meth:`drained`); a client still over the limit after
-    ``slow_client_timeout`` seconds, or already over it with twice the limit unread, is disconnected with
-    close code 1008 "client too slow: N MiB of output unread". The kernel keeps running and
+    ``slow_client_timeout`` seconds, or already over it with twice the limit unread, is
+    disconnected with close code 1008 "client too slow: N MiB of output unread". The kernel keeps running and
     its other clients keep getting its output.
     """
 
