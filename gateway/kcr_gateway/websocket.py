@@ -55,15 +55,16 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     ``max_buffer_bytes`` of output unread, the session stops reading the kernel's output
     (the kernel waits; :meth:`drained`); a client still over the limit after
     ``slow_client_timeout`` seconds, or already over it with twice the limit unread, is
-    disconnected with close code 1008 "client too slow: N MiB of output unread". The kernel keeps running and
-    its other clients keep getting its output.
+    disconnected with close code 1008 "client too slow: N MiB of output unread". The kernel
+    keeps running and its other clients keep getting its output.
     """
 
     max_buffer_bytes = Integer(
         4 * MiB,
         config=True,
         help="Output queued for one client and not yet read by it before the kernel's output "
-        "is paused for everyone; a client at twice this is disconnected at once.",
+        "is paused for everyone; a client already over this with twice it unread is "
+        "disconnected at once.",
     )
     slow_client_timeout = Float(
         10.0,
