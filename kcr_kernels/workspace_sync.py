@@ -374,6 +374,8 @@ class WorkspaceSync:
         assert synced is not None
         pod: dict[str, dict[str, Any]] = {}
         for item in listing:
+            if item.get("type", "file") != "file":
+                continue  # a symlink made by kernel code: never followed, never synced
             name = item["path"].rsplit("/", 1)[-1]
             if not name.startswith(_RUNNER_TEMP_PREFIX):
                 pod[item["path"]] = item

@@ -18,6 +18,7 @@ import sys
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from .file_identity import FileOps
 from .files import Workspace
 from .languages import LANGUAGES, get_language
 from .server import RunnerState, make_app
@@ -67,7 +68,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=512 * MiB,
         help="largest state snapshot / restore blob",
     )
+    parser.add_argument(
+        "--files-uid",
+        type=int,
+        default=None,
+        help="host uid the sandboxed worker runs as: workspace file operations take this "
+        "file-system uid (needs root; see kcr_runner.file_identity)",
+    )
+    parser.add_argument("--files-gid", type=int, default=None, help="host gid, as --files-uid")
     args = parser.parse_args(argv)
+    if (args.files_uid is None) != (args.files_gid is None):
+        parser.error("--files-uid and --files-gid go together")
     try:
         prefix = json.loads(args.worker_prefix)
     except ValueError as exc:
@@ -95,6 +106,12 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         line_limit=max(args.max_state_bytes, args.max_request_bytes) * 4 // 3 + 16 * MiB,
         cell_timeout=args.cell_timeout,
     )
+    file_ops = FileOps(args.files_uid, args.files_gid)
+    try:
+        await file_ops.check()
+    except Exception as exc:
+        sys.stderr.write(f"kcr-runner: workspace file threads: {exc}\n")
+        raise SystemExit(2) from None
     state = RunnerState(
         token=token,
         language=language,
@@ -104,6 +121,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         max_state_bytes=args.max_state_bytes,
         max_file_bytes=args.max_file_bytes,
         channels=set(),
+        file_ops=file_ops,
     )
     worker.on_unsolicited = state.broadcast
     server = HTTPServer(make_app(state), max_body_size=args.max_request_bytes)
