@@ -32,6 +32,8 @@ _EXIT_WAIT = 10.0
 # Environment variables passed from the gateway to a runner. Everything else
 # (store credentials, cloud keys, ...) stays in the gateway.
 _ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "COVERAGE_PROCESS_START")
+#: Host uid/gid that sandboxes started by a root gateway run as (and own workspace files).
+DEFAULT_SANDBOX_HOST_UID = 61000
 
 
 class LocalBackend(PodBackend):
@@ -51,6 +53,11 @@ class LocalBackend(PodBackend):
       is missing or cannot create namespaces.
     * ``limits`` sets the worker's rlimits; ``limits.processes`` also becomes a
       per-pod pids cgroup cap where the host allows one.
+    * ``sandbox_uid`` (used only when the gateway runs as root): the unprivileged host
+      uid/gid the sandbox runs as, so kernel code is not host root without capabilities.
+      The workspace is created owned by it (mode 0700), and the runner is told to do its
+      workspace file operations as that uid (``--files-uid``/``--files-gid``). ``None``
+      keeps the sandbox mapped to root. A non-root gateway's sandbox maps to its own uid.
     * ``runner_args`` are appended to the runner's command line;
       ``runner_command`` replaces ``[python, "-m", "kcr_runner"]`` (tests).
     * :meth:`close` deletes any pod still running: nothing is left behind.
@@ -70,6 +77,7 @@ class LocalBackend(PodBackend):
         bwrap: str = "bwrap",
         prlimit: str = "prlimit",
         runner_command: list[str] | None = None,
+        sandbox_uid: int | None = DEFAULT_SANDBOX_HOST_UID,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self.pods_dir = self.root_dir / "pods"
@@ -79,8 +87,14 @@ class LocalBackend(PodBackend):
         self.python = python
         self.runner_command = list(runner_command or [python, "-m", "kcr_runner"])
         self.log = log or logging.getLogger("kcr_kernels.backends.local")
+        #: The host uid the sandboxed worker runs as, when it is not the gateway's own.
+        self.host_uid = sandbox_uid if sandbox and os.geteuid() == 0 else None
         self.sandbox = Sandbox(
-            self.root_dir / "sandbox", limits=self.limits, bwrap=bwrap, prlimit=prlimit
+            self.root_dir / "sandbox",
+            limits=self.limits,
+            bwrap=bwrap,
+            prlimit=prlimit,
+            host_uid=self.host_uid,
         )
         self.cgroups = PidsCgroup()
         self._pods: dict[str, Pod] = {}
@@ -131,6 +145,12 @@ class LocalBackend(PodBackend):
         pod = Pod(name=name, language=language, token=token)
         workspace = self.pods_dir / name / "work"
         await asyncio.to_thread(workspace.mkdir, parents=True)
+        files_identity: list[str] = []
+        if self.host_uid is not None:
+            await asyncio.to_thread(os.chown, workspace, self.host_uid, self.host_uid)
+            await asyncio.to_thread(os.chmod, workspace, 0o700)
+            uid = str(self.host_uid)
+            files_identity = ["--files-uid", uid, "--files-gid", uid]
         ready = asyncio.get_running_loop().create_future()
         # A pod deleted while starting fails this future with nobody waiting: that is
         # expected, not an "exception never retrieved".
@@ -159,6 +179,7 @@ class LocalBackend(PodBackend):
             language,
             "--worker-prefix",
             json.dumps(prefix),
+            *files_identity,
             *self.runner_args,
         ]
         if self._setpriv:
