@@ -200,3 +200,49 @@ async def store_bytes(tmp_path: Path, kernel_id: str) -> bytes:
         if path.is_file():
             blob += path.read_bytes()
     return blob
+
+
+async def test_files_the_api_writes_belong_to_the_sandbox_user(make_backend, tmp_path):
+    """Uploads and restored files are owned by the sandbox's host uid, so kernel code can
+    change them; the runner's file threads cannot read what that uid cannot."""
+    backend = await make_backend()
+    if backend.host_uid is None:
+        pytest.skip("the sandbox maps to the gateway's own uid (not running as root)")
+    uid = backend.host_uid
+    pod = await backend.wait_ready(await backend.create("python"), 30)
+    workspace = backend.workspace(pod)
+    client = RunnerClient(pod.url, pod.token)
+    store = open_file_store(f"file://{tmp_path}/files")
+    sync = WorkspaceSync(store, max_file_bytes=None, max_kernel_bytes=None)
+    kernel_id = str(uuid.uuid4())
+    await store.write_bytes(kernel_id, "restored/deep/r.txt", b"restored")
+    try:
+        await sync.restore(kernel_id, client)
+        assert (await client.call("PUT", "/files/up/loaded.txt", body=b"uploaded")).code == 204
+        for rel in ["restored", "restored/deep", "restored/deep/r.txt", "up", "up/loaded.txt"]:
+            info = os.lstat(workspace / rel)
+            assert (info.st_uid, info.st_gid) == (uid, uid), rel
+        changed = await run_in_pod(
+            pod,
+            "open('up/loaded.txt', 'a').write('+kernel'); os_ = __import__('os');"
+            "os_.remove('restored/deep/r.txt'); print(open('up/loaded.txt').read())",
+        )
+        assert changed == {"rc": 0, "stdout": "uploaded+kernel\n", "stderr": ""}
+        # A root-only file planted in the workspace by the host: the runner's file threads
+        # (the sandbox's uid) may not read it, and say so.
+        (workspace / "root-only.txt").write_bytes(b"root")
+        (workspace / "root-only.txt").chmod(0o600)
+        http = AsyncHTTPClient()
+        response = await http.fetch(
+            HTTPRequest(
+                f"{pod.url}/files/root-only.txt",
+                headers={"Authorization": f"Bearer {pod.token}"},
+            ),
+            raise_error=False,
+        )
+        assert response.code == 403
+        assert json.loads(response.body)["reason"] == "permission_denied"
+    finally:
+        client.close()
+        await store.close()
+        await backend.delete(pod)
