@@ -146,6 +146,14 @@ class KCRGateway(JupyterApp):
         help="Run local pods without bubblewrap when it is missing. User code is then NOT "
         "isolated from this machine.",
     )
+    sandbox_uid = Integer(
+        61000,
+        allow_none=True,
+        config=True,
+        help="With the local backend and a gateway running as root: the unprivileged host "
+        "uid/gid sandboxed kernels run as and own their workspace files with. None maps the "
+        "sandbox to root (without capabilities).",
+    )
     data_dir = Unicode(config=True, help="Where the embedded default keeps its data.")
 
     @default("data_dir")
@@ -206,7 +214,9 @@ class KCRGateway(JupyterApp):
         if self.backend == "local":
             from kcr_kernels.backends.local import LocalBackend
 
-            backend = LocalBackend(Path(self.data_dir), sandbox=True, log=self.log)
+            backend = LocalBackend(
+                Path(self.data_dir), sandbox=True, log=self.log, sandbox_uid=self.sandbox_uid
+            )
             if self.allow_unsandboxed:
                 from kcr_kernels.backends.sandbox import SandboxUnavailable
 

@@ -87,18 +87,22 @@ class LocalBackend(PodBackend):
         self.python = python
         self.runner_command = list(runner_command or [python, "-m", "kcr_runner"])
         self.log = log or logging.getLogger("kcr_kernels.backends.local")
-        #: The host uid the sandboxed worker runs as, when it is not the gateway's own.
-        self.host_uid = sandbox_uid if sandbox and os.geteuid() == 0 else None
+        self._sandbox_uid = sandbox_uid if os.geteuid() == 0 else None
         self.sandbox = Sandbox(
             self.root_dir / "sandbox",
             limits=self.limits,
             bwrap=bwrap,
             prlimit=prlimit,
-            host_uid=self.host_uid,
+            host_uid=self._sandbox_uid,
         )
         self.cgroups = PidsCgroup()
         self._pods: dict[str, Pod] = {}
         self._setpriv = shutil.which("setpriv")
+
+    @property
+    def host_uid(self) -> int | None:
+        """The host uid the sandboxed worker runs as, when it is not the gateway's own."""
+        return self._sandbox_uid if self.sandboxed else None
 
     # -- lifecycle ---------------------------------------------------------------
 
