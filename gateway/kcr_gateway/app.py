@@ -191,7 +191,10 @@ class KCRGateway(JupyterApp):
         1024**3, config=True, help="Largest single kernel file stored (0: no limit)."
     )
     max_kernel_bytes = Integer(
-        10 * 1024**3, config=True, help="Most bytes of files one kernel may store (0: no limit)."
+        4 * 1024**3, config=True, help="Most bytes of files one kernel may store (0: no limit)."
+    )
+    max_kernel_files = Integer(
+        20_000, config=True, help="Most files one kernel may store (0: no limit)."
     )
 
     state_ttl = Float(
@@ -307,6 +310,7 @@ class KCRGateway(JupyterApp):
             file_store,
             max_file_bytes=self.max_file_bytes or None,
             max_kernel_bytes=self.max_kernel_bytes or None,
+            max_kernel_files=self.max_kernel_files or None,
             log=self.log,
         )
         self.kernel_manager = KCRKernelManager(
