@@ -91,7 +91,10 @@ class RemoteKernel(LoggingConfigurable):
         self.checkpoint_timer: asyncio.TimerHandle | None = None
         self.interrupts_seen: set[str] = set()
         self.last_checkpoint: float | None = None  # when its state was last saved
-        self.file_sync: asyncio.Future | None = None  # the last cell's file sync, if running
+        self.file_sync: asyncio.Future | None = None  # the running file sync, if any
+        #: a cell ended while a sync ran: its fingerprint, synced once that sync is done
+        self.sync_wanted: str | None = None
+        self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
 
     @property
@@ -362,8 +365,11 @@ class KCRKernelManager(LoggingConfigurable):
             kernel.touch()
 
         async def before_request() -> None:
-            await self._settle_files(kernel)
+            # A running file sync does not hold the kernel back (a big tree can take
+            # minutes): syncs of one kernel are serialized and each is incremental. Only
+            # a kernel that must move to a pod first waits for it.
             if not kernel.attached:
+                await self._settle_files(kernel)
                 await self._resume(kernel)
 
         async def after_execute(reply: dict, frame: dict) -> None:
@@ -378,9 +384,13 @@ class KCRKernelManager(LoggingConfigurable):
             if fingerprint is not None and fingerprint == kernel.synced_workspace:
                 return  # the cell changed no file
             if self.files is not None and kernel.runner is not None:
-                # In the background, so the cell's idle is not held back; the next request
-                # and any release of the pod wait for it (_settle_files).
-                kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel, fingerprint))
+                # In the background, so the cell's idle and the next request are not held
+                # back; any release of the pod waits for it (_settle_files). A cell that ends
+                # while a sync runs gets one more sync after it (coalesced).
+                if kernel.file_sync is not None and not kernel.file_sync.done():
+                    kernel.sync_wanted, kernel.sync_again = fingerprint, True
+                else:
+                    kernel.file_sync = asyncio.ensure_future(self._sync_files(kernel, fingerprint))
 
         return KernelSession(
             kernel.kernel_id,
@@ -586,14 +596,18 @@ class KCRKernelManager(LoggingConfigurable):
         return result
 
     async def _sync_files(self, kernel: RemoteKernel, fingerprint: str | None = None) -> None:
-        runner = kernel.runner
-        if runner is None:
-            return
-        result = await self.files.sync(kernel.kernel_id, runner)
-        if result.error is None and kernel.runner is runner:
-            kernel.synced_workspace = fingerprint
-        if result.warning:
-            kernel.session.tell_user(f"[kcr] warning: {result.warning}\n")
+        while True:
+            runner = kernel.runner
+            if runner is None:
+                return
+            result = await self.files.sync(kernel.kernel_id, runner)
+            if result.error is None and kernel.runner is runner:
+                kernel.synced_workspace = fingerprint
+            if result.warning:
+                kernel.session.tell_user(f"[kcr] warning: {result.warning}\n")
+            if not kernel.sync_again:
+                return
+            fingerprint, kernel.sync_again, kernel.sync_wanted = kernel.sync_wanted, False, None
 
     # -- REST actions -----------------------------------------------------------
 
