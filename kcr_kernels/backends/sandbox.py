@@ -2,7 +2,8 @@
 
 The runner (the trusted supervisor) starts its worker -- the process that runs
 user code -- as ``prefix + [python, "-m", worker_module]``. :class:`Sandbox`
-builds that ``prefix``: an optional pids-cgroup join, ``prlimit`` for the
+builds that ``prefix``: an optional join of the pod's cgroups (pids and memory caps, see
+:mod:`kcr_kernels.backends.cgroups`), ``prlimit`` for the
 rlimits, then ``bwrap`` with every namespace unshared and a minimal read-only
 view of the system. See ``docs/sandbox.md`` for the full isolation model and
 what holds when the gateway runs as root.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcr_runner.languages import sandbox_read_only_paths
+
+from .cgroups import PodCgroup
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,9 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     """Resource limits for one sandboxed worker. ``None`` means "no limit".
 
-    * ``address_space`` -- RLIMIT_AS in bytes: large allocations raise
-      ``MemoryError`` in Python.
+    * ``address_space`` -- RLIMIT_AS in bytes, per process: large allocations
+      raise ``MemoryError`` in Python. The cap on the kernel as a whole (all
+      its processes) is the pod's memory cgroup, set by the local backend.
     * ``processes`` -- a cap on the number of tasks (processes + threads) the
       worker can have. Enforced by a per-pod pids cgroup when the host lets the
       gateway create one, and by RLIMIT_NPROC otherwise (which the kernel does
@@ -217,7 +221,7 @@ class Sandbox:
         true = "/bin/true" if Path("/bin/true").exists() else "true"
         if self.host_uid is not None:
             self.write_etc()
-            probe = [*self._as_host_user(self._bwrap_core(), [], None), "--", true]
+            probe = [*self._as_host_user(self._bwrap_core(), []), "--", true]
         else:
             probe = [*self._bwrap_core(), "--", true]
         try:
@@ -315,11 +319,11 @@ class Sandbox:
                 args += ["--ro-bind", d, d]
         return args
 
-    def prefix(self, workspace: Path, *, pids_cgroup: Path | None = None) -> list[str]:
+    def prefix(self, workspace: Path, *, cgroup: PodCgroup | None = None) -> list[str]:
         """The argv prefix that runs a command sandboxed in ``workspace``.
 
-        ``pids_cgroup``: a cgroup folder (with ``pids.max`` set) the worker
-        joins before anything else runs; see :class:`PidsCgroup`.
+        ``cgroup``: the pod's cgroup folders (pids and memory caps) the worker
+        joins before anything else runs; see :mod:`kcr_kernels.backends.cgroups`.
         """
         self.write_etc()
         workspace = Path(workspace).resolve()
@@ -337,14 +341,19 @@ class Sandbox:
             return path
 
         args: list[str] = []
-        if pids_cgroup is not None and not staged:
-            # The runner is trusted and unsandboxed: this host shell moves itself
-            # into the pod's pids cgroup, then execs prlimit -> bwrap -> worker.
+        if cgroup is not None and cgroup.folders:
+            # The runner is trusted and unsandboxed: this host shell moves itself into
+            # each of the pod's cgroups (one per controller on v1), then execs
+            # [the staging mount namespace ->] prlimit -> bwrap -> worker. Failing to join
+            # one stops the worker.
             args += [
                 "/bin/sh",
                 "-c",
-                'echo $$ > "$0/cgroup.procs" && exec "$@"',
-                str(pids_cgroup),
+                'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done;'
+                ' shift; exec "$@"',
+                "kcr-cgroup",
+                *(str(f) for f in cgroup.folders),
+                "--",
             ]
         core: list[str] = []
         limits = self.limits.prlimit_args()
@@ -352,7 +361,7 @@ class Sandbox:
             core += [self.prlimit, *limits, "--"]
         core += self._bwrap_core()
         if staged:
-            args += self._as_host_user(core, sources, pids_cgroup)
+            args += self._as_host_user(core, sources)
         else:
             args += core
         for target in ("/tmp", "/dev/shm"):
@@ -404,9 +413,7 @@ class Sandbox:
             f"no folder for the sandbox's staging mount (tried {', '.join(_STAGE_DIRS)})"
         )
 
-    def _as_host_user(
-        self, core: list[str], sources: list[str], pids_cgroup: Path | None
-    ) -> list[str]:
+    def _as_host_user(self, core: list[str], sources: list[str]) -> list[str]:
         """``core`` wrapped: private mount namespace, staged sources, then ``host_uid``."""
         return [
             "unshare",
@@ -418,7 +425,7 @@ class Sandbox:
             "-c",
             _STAGE_SCRIPT,
             "kcr-sandbox",  # $0
-            str(pids_cgroup or ""),
+            "",  # $1: no cgroup to join here (the outer shell joined the pod's cgroups)
             self.stage_dir(sources),
             *sources,
             "--",
@@ -429,80 +436,3 @@ class Sandbox:
             "--",
             *core,
         ]
-
-
-class PidsCgroup:
-    """A per-pod pids cgroup: the process cap that holds even for a root gateway.
-
-    RLIMIT_NPROC is not enforced for processes whose host uid is root, and a
-    sandbox started by a root gateway maps its uid to host root. A pids
-    cgroup caps the number of tasks regardless. :meth:`create` returns
-    ``None`` when the host does not let the gateway create one (no pids
-    controller, read-only cgroupfs, undelegated cgroup v2); the caller then
-    relies on RLIMIT_NPROC only.
-    """
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root if root is not None else self._find_root()
-
-    @staticmethod
-    def _find_root() -> Path | None:
-        try:
-            lines = Path("/proc/self/cgroup").read_text().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if "pids" in controllers.split(","):
-                base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
-                return base / "kcr" if base.is_dir() else None
-        for line in lines:
-            if line.startswith("0::"):
-                base = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
-                try:
-                    if "pids" in (base / "cgroup.subtree_control").read_text().split():
-                        return base / "kcr"
-                except OSError:
-                    return None
-        return None
-
-    def create(self, name: str, max_tasks: int) -> Path | None:
-        """Create ``<root>/<name>`` with ``pids.max = max_tasks``; ``None`` if not possible."""
-        if self.root is None:
-            return None
-        path = self.root / name
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "pids.max").write_text(str(max_tasks))
-        except OSError as e:
-            log.debug("no pids cgroup at %s: %s", path, e)
-            self.remove(path)
-            return None
-        return path
-
-    @staticmethod
-    def kill_all(path: Path) -> int:
-        """SIGKILL every process left in the cgroup; returns how many were signalled."""
-        killed = 0
-        try:
-            pids = (path / "cgroup.procs").read_text().split()
-        except OSError:
-            return 0
-        for pid in pids:
-            try:
-                os.kill(int(pid), 9)
-                killed += 1
-            except (ProcessLookupError, ValueError):
-                pass
-        return killed
-
-    @staticmethod
-    def remove(path: Path) -> bool:
-        """Remove the (empty) cgroup folder; ``False`` while processes remain."""
-        try:
-            path.rmdir()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
