@@ -221,7 +221,7 @@ class Sandbox:
         true = "/bin/true" if Path("/bin/true").exists() else "true"
         if self.host_uid is not None:
             self.write_etc()
-            probe = [*self._as_host_user(self._bwrap_core(), []), "--", true]
+            probe = [*self._as_host_user(self._bwrap_core(), [], self.host_uid), "--", true]
         else:
             probe = [*self._bwrap_core(), "--", true]
         try:
@@ -319,8 +319,13 @@ class Sandbox:
                 args += ["--ro-bind", d, d]
         return args
 
-    def prefix(self, workspace: Path, *, cgroup: PodCgroup | None = None) -> list[str]:
+    def prefix(
+        self, workspace: Path, *, cgroup: PodCgroup | None = None, host_uid: int | None = None
+    ) -> list[str]:
         """The argv prefix that runs a command sandboxed in ``workspace``.
+
+        ``host_uid``: this pod's host uid (and gid) in the staged mode (default: the
+        ``host_uid`` given at construction).
 
         ``cgroup``: the pod's cgroup folders (pids and memory caps) the worker
         joins before anything else runs; see :mod:`kcr_kernels.backends.cgroups`.
@@ -328,7 +333,8 @@ class Sandbox:
         self.write_etc()
         workspace = Path(workspace).resolve()
         ro = self.read_only_binds()
-        staged = self.host_uid is not None
+        uid = host_uid if host_uid is not None else self.host_uid
+        staged = uid is not None
         # Private sources the sandbox user may be unable to reach by their host path.
         sources = [str(self.etc_dir), str(workspace), *(src for src, _dest in ro)]
 
@@ -361,7 +367,7 @@ class Sandbox:
             core += [self.prlimit, *limits, "--"]
         core += self._bwrap_core()
         if staged:
-            args += self._as_host_user(core, sources)
+            args += self._as_host_user(core, sources, uid)
         else:
             args += core
         for target in ("/tmp", "/dev/shm"):
@@ -413,7 +419,7 @@ class Sandbox:
             f"no folder for the sandbox's staging mount (tried {', '.join(_STAGE_DIRS)})"
         )
 
-    def _as_host_user(self, core: list[str], sources: list[str]) -> list[str]:
+    def _as_host_user(self, core: list[str], sources: list[str], uid: int) -> list[str]:
         """``core`` wrapped: private mount namespace, staged sources, then ``host_uid``."""
         return [
             "unshare",
@@ -430,8 +436,8 @@ class Sandbox:
             *sources,
             "--",
             "setpriv",
-            f"--reuid={self.host_uid}",
-            f"--regid={self.host_gid}",
+            f"--reuid={uid}",
+            f"--regid={uid if uid != self.host_uid else self.host_gid}",
             "--clear-groups",
             "--",
             *core,

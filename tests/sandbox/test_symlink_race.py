@@ -98,18 +98,15 @@ def make_canary(tmp_path: Path, owner: int) -> Path:
 @pytest.mark.parametrize("canary_owner", ["root-only", "sandbox-uid"])
 async def test_swapping_symlinks_never_reach_host_files(make_backend, tmp_path, canary_owner):
     backend = await make_backend()
-    if canary_owner == "sandbox-uid":
-        if backend.host_uid is None:
-            pytest.skip("the sandbox maps to the gateway's own uid (not running as root)")
-        owner = backend.host_uid
-    else:
-        if os.geteuid() != 0:
-            pytest.skip("a root-owned canary needs root")
-        owner = 0
+    if canary_owner == "sandbox-uid" and backend.host_uid is None:
+        pytest.skip("the sandbox maps to the gateway's own uid (not running as root)")
+    if canary_owner == "root-only" and os.geteuid() != 0:
+        pytest.skip("a root-owned canary needs root")
+    pod = await backend.wait_ready(await backend.create("python"), 30)
+    owner = backend.pod_uid(pod) if canary_owner == "sandbox-uid" else 0
     canary = make_canary(tmp_path, owner)
     before = snapshot(canary)
 
-    pod = await backend.wait_ready(await backend.create("python"), 30)
     workspace = backend.workspace(pod)
     client = RunnerClient(pod.url, pod.token)
     store = open_file_store(f"file://{tmp_path}/files")
@@ -208,8 +205,12 @@ async def test_files_the_api_writes_belong_to_the_sandbox_user(make_backend, tmp
     backend = await make_backend()
     if backend.host_uid is None:
         pytest.skip("the sandbox maps to the gateway's own uid (not running as root)")
-    uid = backend.host_uid
     pod = await backend.wait_ready(await backend.create("python"), 30)
+    other = await backend.wait_ready(await backend.create("python"), 30)
+    uid = backend.pod_uid(pod)
+    # Each live pod has its own host uid: pods cannot touch each other's files.
+    assert uid is not None and backend.pod_uid(other) not in (None, uid)
+    await backend.delete(other)
     workspace = backend.workspace(pod)
     client = RunnerClient(pod.url, pod.token)
     store = open_file_store(f"file://{tmp_path}/files")
