@@ -8,6 +8,13 @@ process, so the RSS numbers bound the gateway and the client together.
 
     python bench/files_bench.py [--size-mb 100] [--big-mb 200] [--syncs 200]
         [--files-url URL] [--s3-endpoint URL]
+    python bench/files_bench.py --many-files 100000
+
+``--many-files N`` measures a big tree instead: a cell writes N small files; reported are
+the time until the kernel answers ``1+1`` right after that cell (through the gateway's
+WebSocket, so a sync that holds the kernel shows up here), the time until the tree is in the
+store, an incremental sync after a cell that changed 10 files, and a sync when nothing
+changed.
 
 Prints one JSON object. ``sync_unchanged`` is the time ``WorkspaceSync.sync`` adds after a
 cell that changed nothing (target < 5 ms); ``sync_100_changed`` after a cell that rewrote
@@ -31,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, machine_line, summarize_ms
 from kcr_gateway.app import KCRGateway
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 MiB = 1 << 20
@@ -177,6 +185,95 @@ async def main(args) -> dict:
     return result
 
 
+async def ws_execute(ws, code: str) -> dict:
+    """Send an execute_request on a gateway WebSocket; the execute_reply's content."""
+    msg_id = os.urandom(8).hex()
+    header = {
+        "msg_id": msg_id,
+        "msg_type": "execute_request",
+        "session": "bench",
+        "username": "bench",
+        "version": "5.3",
+        "date": "",
+    }
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
+    msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    await ws.write_message(json.dumps({**msg, "channel": "shell"}))
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.read_message(), 1200))
+        if (
+            frame.get("msg_type") == "execute_reply"
+            and frame.get("parent_header", {}).get("msg_id") == msg_id
+        ):
+            return frame["content"]
+
+
+async def many_files(args) -> dict:
+    """The big-tree measurement (``--many-files N``)."""
+    work = Path(tempfile.mkdtemp(prefix="kcr-files-bench-"))
+    config = Config()
+    config.KCRGateway.files_url = f"file://{work}/files"
+    config.KCRGateway.max_file_bytes = 0
+    config.KCRGateway.max_kernel_bytes = 0
+    if hasattr(KCRGateway, "max_kernel_files"):
+        config.KCRGateway.max_kernel_files = 0
+    config.KCRGateway.port = 0
+    config.KCRGateway.data_dir = str(work / "kcr")
+    config.KCRGateway.pools = {"python": {"warm": 1}}
+    config.KCRGateway.auth_token = ""
+    app = BenchGateway(config=config)
+    await app.start_async()
+    await app.pool.wait_warm(60)
+    n = args.many_files
+    result: dict = {"machine": machine_line(machine_info(["tornado"])), "files": n}
+    km = app.kernel_manager
+    sync = app.workspace_sync
+    try:
+        kernel_id = await km.start_kernel("kcr-python")
+        kernel = km.get_kernel(kernel_id)
+        ws = await websocket_connect(
+            f"ws://127.0.0.1:{app.port}/api/kernels/{kernel_id}/channels",
+            max_message_size=1 << 30,
+        )
+        await ws_execute(ws, "1")
+        write = (
+            "import os\nos.makedirs('tree', exist_ok=True)\n"
+            f"for i in range({n}):\n"
+            "    d = f'tree/d{i // 1000}'\n"
+            "    i % 1000 or os.makedirs(d, exist_ok=True)\n"
+            "    open(f'{d}/f{i}.txt', 'w').write('x' * 100)"
+        )
+        started = time.perf_counter()
+        reply = await ws_execute(ws, write)
+        assert reply["status"] == "ok", reply
+        result["cell_writing_files_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        reply = await ws_execute(ws, "1+1")
+        assert reply["status"] == "ok", reply
+        result["next_1+1_after_the_cell_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        await sync.sync(kernel_id, kernel.runner)  # waits for (or does) the cell's sync
+        stored = len(await sync.store.list(kernel_id))
+        result["tree_in_store_s"] = round(time.perf_counter() - started, 2)
+        assert stored == n, (stored, n)
+        touch = "for i in range(10): open(f'tree/d0/f{i}.txt', 'a').write('y')"
+        reply = await ws_execute(ws, touch)
+        assert reply["status"] == "ok", reply
+        started = time.perf_counter()
+        r = await sync.sync(kernel_id, kernel.runner)
+        result["sync_10_changed_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        r = await sync.sync(kernel_id, kernel.runner)
+        result["sync_unchanged_s"] = round(time.perf_counter() - started, 3)
+        assert not r.uploaded, r
+        ws.close()
+        await km.shutdown_kernel(kernel_id)
+    finally:
+        await app.stop_async()
+        await sync.store.close()
+    return result
+
+
 async def execute(kernel, code: str) -> None:
     reply = await kernel.runner.request("execute", {"code": code, "silent": False})
     assert reply["content"]["status"] == "ok", reply
@@ -189,4 +286,7 @@ if __name__ == "__main__":
     parser.add_argument("--syncs", type=int, default=100)
     parser.add_argument("--files-url", default=None)
     parser.add_argument("--s3-endpoint", default=None)
-    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    parser.add_argument("--many-files", type=int, default=0, help="measure a big tree instead")
+    options = parser.parse_args()
+    run = many_files if options.many_files else main
+    print(json.dumps(asyncio.run(run(options)), indent=2))

@@ -79,7 +79,8 @@ class RestoreFailed(RunnerError):
 @dataclass(frozen=True)
 class SkippedFile:
     """A workspace file that was not stored: ``reason`` is ``file_too_large``,
-    ``kernel_quota``, ``bad_name`` or ``error``; ``message`` says it for the user."""
+    ``kernel_quota``, ``file_count``, ``bad_name`` or ``error``; ``message`` says it for the
+    user (empty for ``file_count``: those are summed up in one line of the notices)."""
 
     path: str
     size: int | None
@@ -110,7 +111,7 @@ class SyncResult:
 
     @property
     def warning(self) -> str | None:
-        lines = [s.message for s in self.skipped] + list(self.notices)
+        lines = [s.message for s in self.skipped if s.message] + list(self.notices)
         if self.error:
             lines.append(f"the kernel's files could not be saved: {self.error}")
         return "\n".join(lines) if lines else None
@@ -231,7 +232,8 @@ class WorkspaceSync:
       store (never deleted by a later sync) and reported in the next :class:`SyncResult`.
     * :meth:`sync` pushes created/changed files (size or sha256 differ from the last
       synced version) and deletes files removed from the workspace. Files over
-      ``max_file_bytes``, files that would take the kernel over ``max_kernel_bytes`` and
+      ``max_file_bytes``, files that would take the kernel over ``max_kernel_bytes``, new
+      files beyond ``max_kernel_files`` (in path order; reported in one line) and
       names the store refuses are not stored and are reported once per version in
       :attr:`SyncResult.skipped`; the store keeps any previous version of such a file. It
       never raises for a store or runner outage: the result carries the error, and the
@@ -251,11 +253,13 @@ class WorkspaceSync:
         *,
         max_file_bytes: int | None,
         max_kernel_bytes: int | None,
+        max_kernel_files: int | None = None,
         log: logging.Logger | None = None,
     ):
         self.store = store
         self.max_file_bytes = max_file_bytes or None
         self.max_kernel_bytes = max_kernel_bytes or None
+        self.max_kernel_files = max_kernel_files or None
         self.log = log or globals()["log"]
         self._kernels: dict[str, _KernelFiles] = {}
 
@@ -374,6 +378,8 @@ class WorkspaceSync:
         assert synced is not None
         pod: dict[str, dict[str, Any]] = {}
         for item in listing:
+            if item.get("type", "file") != "file":
+                continue  # a symlink made by kernel code: never followed, never synced
             name = item["path"].rsplit("/", 1)[-1]
             if not name.startswith(_RUNNER_TEMP_PREFIX):
                 pod[item["path"]] = item
@@ -387,12 +393,22 @@ class WorkspaceSync:
                 del state.warned[path]
 
         usage = sum(size for size, _ in synced.values())
+        count = len(synced)
+        over_count: list[str] = []
         jobs = []
         for path, item in sorted(pod.items()):
             size, sha = int(item["size"]), item.get("sha256")
             if path in state.uploading or synced.get(path) == (size, sha):
                 continue
             old_size = synced.get(path, (0, None))[0]
+            if path not in synced and self.max_kernel_files is not None:
+                if count >= self.max_kernel_files:
+                    if state.warned.get(path, "\0") != sha:
+                        state.warned[path] = sha
+                        over_count.append(path)
+                        result.skipped.append(SkippedFile(path, size, "file_count", ""))
+                    continue
+                count += 1
             skip = self._check_pod_file(path, size, usage - old_size)
             if skip is not None:
                 if state.warned.get(path, "\0") != sha:
@@ -403,6 +419,13 @@ class WorkspaceSync:
             usage += size - old_size
             limit = self._limit_for(usage - size)
             jobs.append(self._push_one(kernel_id, runner, item, limit, state, result))
+        if over_count:
+            first = ", ".join(over_count[:3]) + (", ..." if len(over_count) > 3 else "")
+            result.notices.append(
+                f"{len(over_count)} new file(s) were not saved ({first}): the kernel already "
+                f"has {self.max_kernel_files} files, its limit; they stay in this pod only "
+                "and are lost when the pod stops"
+            )
         await self._gather(jobs)
 
     def _check_pod_file(self, path: str, size: int, others: int) -> SkippedFile | None:
@@ -535,6 +558,13 @@ class WorkspaceSync:
         quotas before its body arrives. Returns the most bytes the upload may have
         (``None``: no limit); raises :class:`QuotaExceeded` or :class:`InvalidPath`."""
         validate_path(path)
+        if self.max_kernel_files is not None:
+            paths = {e.path for e in await self.store.list(kernel_id)}
+            if path not in paths and len(paths) >= self.max_kernel_files:
+                raise QuotaExceeded(
+                    f"{path} is a new file and the kernel already has {len(paths)} files, "
+                    f"its limit of {self.max_kernel_files}"
+                )
         if size is not None and self.max_file_bytes is not None and size > self.max_file_bytes:
             raise QuotaExceeded(
                 f"{path} ({human_size(size)}) is over the per-file limit of "

@@ -195,6 +195,14 @@ class KCRGateway(JupyterApp):
         help="Run local pods without bubblewrap when it is missing. User code is then NOT "
         "isolated from this machine.",
     )
+    sandbox_uid = Integer(
+        61000,
+        allow_none=True,
+        config=True,
+        help="With the local backend and a gateway running as root: the unprivileged host "
+        "uid/gid sandboxed kernels run as and own their workspace files with. None maps the "
+        "sandbox to root (without capabilities).",
+    )
     data_dir = Unicode(config=True, help="Where the embedded default keeps its data.")
 
     @default("data_dir")
@@ -232,7 +240,10 @@ class KCRGateway(JupyterApp):
         1024**3, config=True, help="Largest single kernel file stored (0: no limit)."
     )
     max_kernel_bytes = Integer(
-        10 * 1024**3, config=True, help="Most bytes of files one kernel may store (0: no limit)."
+        4 * 1024**3, config=True, help="Most bytes of files one kernel may store (0: no limit)."
+    )
+    max_kernel_files = Integer(
+        20_000, config=True, help="Most files one kernel may store (0: no limit)."
     )
 
     state_ttl = Float(
@@ -262,6 +273,7 @@ class KCRGateway(JupyterApp):
                 log=self.log,
                 memory_limit=memory_limit,
                 memory_limits=memory_limits,
+                sandbox_uid=self.sandbox_uid,
             )
             if self.allow_unsandboxed:
                 from kcr_kernels.backends.sandbox import SandboxUnavailable
@@ -358,6 +370,7 @@ class KCRGateway(JupyterApp):
             file_store,
             max_file_bytes=self.max_file_bytes or None,
             max_kernel_bytes=self.max_kernel_bytes or None,
+            max_kernel_files=self.max_kernel_files or None,
             log=self.log,
         )
         self.kernel_manager = KCRKernelManager(

@@ -34,6 +34,23 @@ _EXIT_WAIT = 10.0
 # Environment variables passed from the gateway to a runner. Everything else
 # (store credentials, cloud keys, ...) stays in the gateway.
 _ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "COVERAGE_PROCESS_START")
+#: Host uid/gid that sandboxes started by a root gateway run as (and own workspace files).
+DEFAULT_SANDBOX_HOST_UID = 61000
+#: How many host uids from ``sandbox_uid`` on a root gateway hands out (one per live pod).
+SANDBOX_UID_RANGE = 4096
+
+
+def _process_owners() -> set[int]:
+    """The uids that own a process on this host (from ``/proc``)."""
+    owners = set()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                try:
+                    owners.add(entry.stat().st_uid)
+                except OSError:
+                    pass
+    return owners
 
 
 class LocalBackend(PodBackend):
@@ -53,6 +70,13 @@ class LocalBackend(PodBackend):
       is missing or cannot create namespaces.
     * ``limits`` sets the worker's rlimits; ``limits.processes`` also becomes a
       per-pod pids cgroup cap where the host allows one.
+    * ``sandbox_uid`` (used only when the gateway runs as root): the first of
+      ``SANDBOX_UID_RANGE`` unprivileged host uids; each live pod's sandbox runs as its own
+      one (uid = gid), so kernel code is not host root, pods cannot touch each other's
+      files and RLIMIT_NPROC counts one pod's processes only. The workspace is created
+      owned by it (mode 0700), and the runner is told to do its workspace file operations
+      as that uid (``--files-uid``/``--files-gid``). ``None`` keeps the sandbox mapped to
+      root. A non-root gateway's sandbox maps to its own uid.
     * ``memory_limit`` (bytes, ``None``: no cap) caps the memory of a pod's worker
       and every process it starts, as a whole (a memory cgroup, v1 or v2; no swap
       beyond it); ``memory_limits`` overrides it per language. When the cgroup's
@@ -79,6 +103,7 @@ class LocalBackend(PodBackend):
         bwrap: str = "bwrap",
         prlimit: str = "prlimit",
         runner_command: list[str] | None = None,
+        sandbox_uid: int | None = DEFAULT_SANDBOX_HOST_UID,
         memory_limit: int | None = None,
         memory_limits: dict[str, int | None] | None = None,
         cgroups: PodCgroups | None = None,
@@ -91,14 +116,44 @@ class LocalBackend(PodBackend):
         self.python = python
         self.runner_command = list(runner_command or [python, "-m", "kcr_runner"])
         self.log = log or logging.getLogger("kcr_kernels.backends.local")
+        self._sandbox_uid = sandbox_uid if os.geteuid() == 0 else None
         self.sandbox = Sandbox(
-            self.root_dir / "sandbox", limits=self.limits, bwrap=bwrap, prlimit=prlimit
+            self.root_dir / "sandbox",
+            limits=self.limits,
+            bwrap=bwrap,
+            prlimit=prlimit,
+            host_uid=self._sandbox_uid,
         )
         self.memory_limit = memory_limit
         self.memory_limits = dict(memory_limits or {})
         self.cgroups = cgroups if cgroups is not None else PodCgroups()
         self._pods: dict[str, Pod] = {}
+        self._uids_in_use: set[int] = set()
         self._setpriv = shutil.which("setpriv")
+
+    @property
+    def host_uid(self) -> int | None:
+        """The host uid the sandboxed worker runs as, when it is not the gateway's own."""
+        return self._sandbox_uid if self.sandboxed else None
+
+    def _take_uid(self, busy: set[int]) -> int | None:
+        """A host uid no live pod has and that owns no process in ``busy`` (another gateway
+        on this host, or a bridge kernel's local runner, hands out the same range);
+        ``None``: the sandbox is not switched."""
+        base = self.host_uid
+        if base is None:
+            return None
+        for uid in range(base, base + SANDBOX_UID_RANGE):
+            if uid not in self._uids_in_use and uid not in busy:
+                self._uids_in_use.add(uid)
+                return uid
+        raise PodStartError(
+            f"all {SANDBOX_UID_RANGE} sandbox uids from {base} are in use by live pods"
+        )
+
+    def pod_uid(self, pod: Pod) -> int | None:
+        """The host uid ``pod``'s sandbox runs as (``None``: the gateway's own)."""
+        return pod.meta.get("host_uid")
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -166,6 +221,14 @@ class LocalBackend(PodBackend):
         pod = Pod(name=name, language=language, token=token)
         workspace = self.pods_dir / name / "work"
         await asyncio.to_thread(workspace.mkdir, parents=True)
+        files_identity: list[str] = []
+        busy = await asyncio.to_thread(_process_owners) if self.host_uid is not None else set()
+        pod_uid = self._take_uid(busy)
+        if pod_uid is not None:
+            pod.meta["host_uid"] = pod_uid
+            await asyncio.to_thread(os.chown, workspace, pod_uid, pod_uid)
+            await asyncio.to_thread(os.chmod, workspace, 0o700)
+            files_identity = ["--files-uid", str(pod_uid), "--files-gid", str(pod_uid)]
         ready = asyncio.get_running_loop().create_future()
         # A pod deleted while starting fails this future with nobody waiting: that is
         # expected, not an "exception never retrieved".
@@ -188,7 +251,7 @@ class LocalBackend(PodBackend):
                 pod.meta["cgroup"] = cgroup
                 if cgroup.memory is not None:
                     memory_args = ["--memory-cgroup", str(cgroup.memory)]
-            prefix = self.sandbox.prefix(workspace, cgroup=cgroup)
+            prefix = self.sandbox.prefix(workspace, cgroup=cgroup, host_uid=pod_uid)
         cmd = [
             *self.runner_command,
             "--host",
@@ -201,6 +264,7 @@ class LocalBackend(PodBackend):
             language,
             "--worker-prefix",
             json.dumps(prefix),
+            *files_identity,
             *memory_args,
             *self.runner_args,
         ]
@@ -352,6 +416,7 @@ class LocalBackend(PodBackend):
         await asyncio.to_thread(shutil.rmtree, self.pods_dir / pod.name, True)
         pod.url = None
         self._pods.pop(pod.name, None)
+        self._uids_in_use.discard(pod.meta.get("host_uid"))
         self.log.debug("pod %s deleted", pod.name)
 
     async def _remove_cgroup(self, cgroup: PodCgroup) -> None:

@@ -58,6 +58,22 @@ _ETC_ALLOWLIST = (
 )
 
 
+#: Host folders one of which the staged mode mounts its private tmpfs on (in its own mount
+#: namespace only; the host never sees it). See :meth:`Sandbox.prefix`.
+_STAGE_DIRS = ("/mnt", "/media", "/srv", "/opt")
+
+# Run as root in a private mount namespace: join the pids cgroup ($1, may be empty), mount a
+# tmpfs on $2 and bind every source folder that follows onto $2/0, $2/1, ... up to "--",
+# then exec the rest. The sandbox user can then reach each source even where its host path
+# goes through a folder it may not enter (a root gateway whose Python lives under /root).
+_STAGE_SCRIPT = (
+    'set -e; cg=$1; stage=$2; shift 2; if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs"; fi; '
+    'mount -t tmpfs -o mode=0755,size=64k kcr-stage "$stage"; i=0; '
+    'while [ "$1" != "--" ]; do mkdir "$stage/$i"; mount --bind "$1" "$stage/$i"; '
+    'i=$((i+1)); shift; done; shift; exec "$@"'
+)
+
+
 class SandboxUnavailable(RuntimeError):
     """Sandboxed pods cannot be started on this host.
 
@@ -126,7 +142,8 @@ class Sandbox:
     :meth:`prefix` returns, for one workspace, the argv prefix the runner puts
     in front of ``[python, "-m", worker]``. The worker sees:
 
-    * uid/gid ``uid``/``gid`` (user ``kcr``), own user, network (loopback
+    * uid/gid ``uid``/``gid`` (user ``kcr``) inside; on the host, ``host_uid``/``host_gid``
+      when given (see below), otherwise the gateway's own uid; own user, network (loopback
       only), PID, IPC, UTS, cgroup and mount namespaces, no further user
       namespaces;
     * read-only: the host's system folders (``/usr`` and the ``/bin``,
@@ -140,6 +157,15 @@ class Sandbox:
     Nothing else: no home directory, no host ``/tmp``, no gateway data, no
     other workspace. :meth:`check` verifies that bubblewrap exists and can
     create the namespaces, raising :class:`SandboxUnavailable` otherwise.
+
+    ``host_uid``/``host_gid`` (for a gateway running as root): the sandbox runs as this
+    unprivileged host user instead of mapping to host root. The prefix then starts, as root,
+    in a private mount namespace that joins the pids cgroup and binds the private source
+    folders (Python installation, virtualenv, editable packages, the generated ``/etc``
+    files, the workspace) onto a small staging tmpfs the sandbox user can enter, drops to
+    ``host_uid`` with ``setpriv`` (no supplementary groups), and only then runs ``prlimit``
+    and ``bwrap``. Files the kernel writes in the workspace belong to ``host_uid``; the
+    runner does its workspace file operations as that uid too (``kcr_runner.file_identity``).
     """
 
     def __init__(
@@ -153,6 +179,8 @@ class Sandbox:
         gid: int = 1000,
         modules: tuple[str, ...] = ("kcr_runner",),
         python_dirs: tuple[str, ...] | None = None,
+        host_uid: int | None = None,
+        host_gid: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.limits = limits or SandboxLimits()
@@ -162,6 +190,8 @@ class Sandbox:
         self.gid = gid
         self.modules = modules
         self.python_dirs = python_dirs
+        self.host_uid = host_uid
+        self.host_gid = host_gid if host_gid is not None else host_uid
         self.etc_dir = self.state_dir / "etc"
         self._ro_binds: list[tuple[str, str]] | None = None
 
@@ -188,7 +218,12 @@ class Sandbox:
                 "cannot be applied: install util-linux or start the gateway with "
                 "--KCRGateway.allow_unsandboxed=True to run pods WITHOUT a sandbox"
             )
-        probe = [*self._bwrap_core(), "--", "/bin/true" if Path("/bin/true").exists() else "true"]
+        true = "/bin/true" if Path("/bin/true").exists() else "true"
+        if self.host_uid is not None:
+            self.write_etc()
+            probe = [*self._as_host_user(self._bwrap_core(), [], self.host_uid), "--", true]
+        else:
+            probe = [*self._bwrap_core(), "--", true]
         try:
             result = subprocess.run(probe, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -284,8 +319,13 @@ class Sandbox:
                 args += ["--ro-bind", d, d]
         return args
 
-    def prefix(self, workspace: Path, *, cgroup: PodCgroup | None = None) -> list[str]:
+    def prefix(
+        self, workspace: Path, *, cgroup: PodCgroup | None = None, host_uid: int | None = None
+    ) -> list[str]:
         """The argv prefix that runs a command sandboxed in ``workspace``.
+
+        ``host_uid``: this pod's host uid (and gid) in the staged mode (default: the
+        ``host_uid`` given at construction).
 
         ``cgroup``: the pod's cgroup folders (pids and memory caps) the worker
         joins before anything else runs; see :mod:`kcr_kernels.backends.cgroups`.
@@ -293,11 +333,25 @@ class Sandbox:
         self.write_etc()
         workspace = Path(workspace).resolve()
         ro = self.read_only_binds()
+        uid = host_uid if host_uid is not None else self.host_uid
+        staged = uid is not None
+        # Private sources the sandbox user may be unable to reach by their host path.
+        sources = [str(self.etc_dir), str(workspace), *(src for src, _dest in ro)]
+
+        def src(path: str) -> str:
+            if not staged:
+                return path
+            for i, source in enumerate(sources):
+                if path == source or path.startswith(source + "/"):
+                    return f"{self.stage_dir(sources)}/{i}{path[len(source) :]}"
+            return path
+
         args: list[str] = []
         if cgroup is not None and cgroup.folders:
             # The runner is trusted and unsandboxed: this host shell moves itself into
             # each of the pod's cgroups (one per controller on v1), then execs
-            # prlimit -> bwrap -> worker. Failing to join one stops the worker.
+            # [the staging mount namespace ->] prlimit -> bwrap -> worker. Failing to join
+            # one stops the worker.
             args += [
                 "/bin/sh",
                 "-c",
@@ -307,10 +361,15 @@ class Sandbox:
                 *(str(f) for f in cgroup.folders),
                 "--",
             ]
+        core: list[str] = []
         limits = self.limits.prlimit_args()
         if limits:
-            args += [self.prlimit, *limits, "--"]
-        args += self._bwrap_core()
+            core += [self.prlimit, *limits, "--"]
+        core += self._bwrap_core()
+        if staged:
+            args += self._as_host_user(core, sources, uid)
+        else:
+            args += core
         for target in ("/tmp", "/dev/shm"):
             if self.limits.tmp_size is not None:
                 args += ["--size", str(self.limits.tmp_size)]
@@ -319,15 +378,15 @@ class Sandbox:
         for name in _ETC_ALLOWLIST:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hosts"):
-            args += ["--ro-bind", str(self.etc_dir / name), f"/etc/{name}"]
+            args += ["--ro-bind", src(str(self.etc_dir / name)), f"/etc/{name}"]
         # Toolchain configuration outside /usr that the language table names (Java's
         # /etc/java-17-openjdk, R's /etc/R, ...): read-only, only where it exists.
         for path in sandbox_read_only_paths():
             args += ["--ro-bind-try", path, path]
-        for src, dest in ro:
-            args += ["--ro-bind", src, dest]
+        for source, dest in ro:
+            args += ["--ro-bind", src(source), dest]
         pythonpath = [dest for _src, dest in ro if dest.startswith(SANDBOX_SRC + "/")]
-        args += ["--bind", str(workspace), SANDBOX_WORKSPACE, "--chdir", SANDBOX_WORKSPACE]
+        args += ["--bind", src(str(workspace)), SANDBOX_WORKSPACE, "--chdir", SANDBOX_WORKSPACE]
         venv_bin = str(Path(sys.prefix) / "bin")
         env = {
             "HOME": SANDBOX_WORKSPACE,
@@ -347,3 +406,39 @@ class Sandbox:
         # writable places. Device nodes (/dev/null, ...) stay usable.
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]
         return args
+
+    @staticmethod
+    def stage_dir(sources: list[str]) -> str:
+        """The host folder the staging tmpfs goes on: one that holds none of ``sources``."""
+        for stage in _STAGE_DIRS:
+            if os.path.isdir(stage) and not any(
+                p == stage or p.startswith(stage + "/") for p in sources
+            ):
+                return stage
+        raise SandboxUnavailable(
+            f"no folder for the sandbox's staging mount (tried {', '.join(_STAGE_DIRS)})"
+        )
+
+    def _as_host_user(self, core: list[str], sources: list[str], uid: int) -> list[str]:
+        """``core`` wrapped: private mount namespace, staged sources, then ``host_uid``."""
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            _STAGE_SCRIPT,
+            "kcr-sandbox",  # $0
+            "",  # $1: no cgroup to join here (the outer shell joined the pod's cgroups)
+            self.stage_dir(sources),
+            *sources,
+            "--",
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid if uid != self.host_uid else self.host_gid}",
+            "--clear-groups",
+            "--",
+            *core,
+        ]

@@ -18,6 +18,7 @@ import sys
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from .file_identity import FileOps
 from .files import Workspace
 from .languages import LANGUAGES, get_language
 from .memory_cap import MemoryCap
@@ -76,12 +77,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="largest state snapshot / restore blob",
     )
     parser.add_argument(
+        "--files-uid",
+        type=int,
+        default=None,
+        help="host uid the sandboxed worker runs as: workspace file operations take this "
+        "file-system uid (needs root; see kcr_runner.file_identity)",
+    )
+    parser.add_argument("--files-gid", type=int, default=None, help="host gid, as --files-uid")
+    parser.add_argument(
         "--memory-cgroup",
         default="",
         help="the memory cgroup folder the worker runs in: an OOM kill there stops the "
         "kernel with a 'used more than N of memory' message",
     )
     args = parser.parse_args(argv)
+    if (args.files_uid is None) != (args.files_gid is None):
+        parser.error("--files-uid and --files-gid go together")
     try:
         prefix = json.loads(args.worker_prefix)
     except ValueError as exc:
@@ -112,6 +123,12 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         cell_timeout=args.cell_timeout,
         memory_cap=MemoryCap(args.memory_cgroup or None),
     )
+    file_ops = FileOps(args.files_uid, args.files_gid)
+    try:
+        await file_ops.check()
+    except Exception as exc:
+        sys.stderr.write(f"kcr-runner: workspace file threads: {exc}\n")
+        raise SystemExit(2) from None
     state = RunnerState(
         token=token,
         language=language,
@@ -123,6 +140,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         max_output_bytes=args.max_output_bytes,
         max_output_messages=args.max_output_messages,
         channels=set(),
+        file_ops=file_ops,
     )
     worker.on_unsolicited = state.broadcast
     server = HTTPServer(make_app(state), max_body_size=args.max_request_bytes)

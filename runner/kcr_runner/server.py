@@ -14,6 +14,7 @@ from typing import Any
 
 from tornado import web, websocket
 
+from .file_identity import FileOps
 from .files import PathEscapes, PathRefused, Workspace
 from .languages import LanguageSpec
 from .output_budget import OutputBudget
@@ -44,6 +45,8 @@ class RunnerState:
     max_state_bytes: int
     channels: set[ChannelHandler]
     max_file_bytes: int = 0  # 0: uploads are bounded by the pod's disk only
+    #: Every workspace operation runs on these threads (as the sandbox's uid, if given).
+    file_ops: FileOps = field(default_factory=lambda: FileOps(None, None))
     max_output_bytes: int = 10 * 1024 * 1024  # per cell, every output type (0: no limit)
     max_output_messages: int = 100_000  # per cell (0: no limit)
     #: The budget of output sent between cells (``"id": null``), renewed by every execute.
@@ -256,7 +259,7 @@ class RestoreHandler(BodyHandler):
 
 class FilesListHandler(ApiHandler):
     async def get(self) -> None:
-        files = await asyncio.to_thread(self.state.workspace.list)
+        files = await self.state.file_ops.run(self.state.workspace.list)
         self.send_json({"files": files})
 
 
@@ -271,7 +274,7 @@ class FileHandler(ApiHandler):
 
     CHUNK = 1 << 20
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         super().prepare()
         self._upload = None
         self._upload_error: tuple[int, str, str] | None = None
@@ -286,7 +289,7 @@ class FileHandler(ApiHandler):
         if length.isdigit() and self._over_file_limit(int(length)):
             return
         try:
-            self._upload = self.state.workspace.begin_write(path)
+            self._upload = await self.state.file_ops.run(self.state.workspace.begin_write, path)
         except Exception as exc:
             self._upload_error = self._error_for(exc, path)
 
@@ -309,15 +312,14 @@ class FileHandler(ApiHandler):
         if self._over_file_limit(self._received):
             return
         try:
-            await asyncio.to_thread(self._upload[2].write, chunk)
+            await self.state.file_ops.run(self._upload.file.write, chunk)
         except OSError as exc:
             self._discard_upload()
             self._upload_error = (507, "io_error", f"writing the file failed: {exc}")
 
     def _discard_upload(self) -> None:
         if self._upload is not None:
-            _full, tmp, handle = self._upload
-            self.state.workspace.abort_write(tmp, handle)
+            self.state.file_ops.submit(self.state.workspace.abort_write, self._upload)
             self._upload = None
 
     def on_connection_close(self) -> None:
@@ -334,11 +336,13 @@ class FileHandler(ApiHandler):
             return 400, "is_a_directory", f"{path!r} is a directory"
         if isinstance(exc, OSError) and exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
             return 403, "path_escapes_workspace", f"{path!r} is a symlink"
+        if isinstance(exc, PermissionError):
+            return 403, "permission_denied", f"the kernel's user may not access {path!r}"
         return 500, "io_error", f"{type(exc).__name__}: {exc}"
 
     async def _run(self, func, *args):
         try:
-            return True, await asyncio.to_thread(func, *args)
+            return True, await self.state.file_ops.run(func, *args)
         except Exception as exc:
             self.fail(*self._error_for(exc, args[0] if args else ""))
         return False, None
@@ -350,7 +354,7 @@ class FileHandler(ApiHandler):
         try:
             self.set_header("Content-Type", "application/octet-stream")
             self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
-            while chunk := await asyncio.to_thread(handle.read, self.CHUNK):
+            while chunk := await self.state.file_ops.run(handle.read, self.CHUNK):
                 self.write(chunk)
                 await self.flush()
         finally:
@@ -362,12 +366,10 @@ class FileHandler(ApiHandler):
             self._discard_upload()
             self.fail(*self._upload_error)
             return
-        full, tmp, handle = self._upload
-        self._upload = None
+        upload, self._upload = self._upload, None
         try:
-            await asyncio.to_thread(self.state.workspace.commit_write, full, tmp, handle)
+            await self.state.file_ops.run(self.state.workspace.commit_write, upload)
         except OSError as exc:
-            self.state.workspace.abort_write(tmp, handle)
             self.fail(*self._error_for(exc, path))
             return
         self.set_status(204)
@@ -565,7 +567,7 @@ class ChannelHandler(websocket.WebSocketHandler):
         frame = {"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply}
         if op == "execute":
             # Lets the gateway skip syncing the workspace when the cell changed no file.
-            frame["workspace"] = await asyncio.to_thread(self.state.workspace.fingerprint)
+            frame["workspace"] = await self.state.file_ops.run(self.state.workspace.fingerprint)
         self.send(frame)
 
 

@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--language", default="python")
     parser.add_argument("--worker-prefix", default="[]")
+    parser.add_argument("--files-uid", type=int, default=None)  # accepted, unused
+    parser.add_argument("--files-gid", type=int, default=None)
     parser.add_argument("--mode", default="", choices=["", "hang", "crash", "unhealthy"])
     args = parser.parse_args()
     token = os.environ.pop("KCR_RUNNER_TOKEN", "")

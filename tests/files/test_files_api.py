@@ -307,3 +307,30 @@ async def test_a_200_mb_file_streams_through_in_bounded_memory(base, kernel):
     print(f"peak RSS growth while 2 x 200 MB streamed: {growth:.1f} MiB")
     assert growth < 64, f"the gateway's memory grew by {growth:.1f} MiB"
     await api(base, "DELETE", kernel.kernel_id, "big")
+
+
+async def test_the_kernel_keeps_answering_while_a_file_sync_runs(gateway, base, kernel):
+    """Issue 21: a slow post-cell sync (a big tree) no longer holds back the next cell; a
+    cell that ends meanwhile gets one more sync once the running one is done."""
+    sync = gateway.workspace_sync
+    real_sync, gate, entered = sync.sync, asyncio.Event(), asyncio.Event()
+
+    async def held_sync(kernel_id, runner):
+        entered.set()
+        await gate.wait()
+        return await real_sync(kernel_id, runner)
+
+    sync.sync = held_sync
+    try:
+        await run(kernel, "open('first.txt', 'w').write('1')")
+        await asyncio.wait_for(entered.wait(), 30)
+        # The sync of that cell is held: the kernel answers anyway, and a new change waits.
+        assert await run(kernel, "print(1 + 1); open('second.txt', 'w').write('2')") == "2\n"
+        assert not gate.is_set()
+    finally:
+        gate.set()
+        sync.sync = real_sync
+    paths = await wait_for_store(
+        sync.store, kernel.kernel_id, lambda p: {"first.txt", "second.txt"} <= p
+    )
+    assert {"first.txt", "second.txt"} <= paths

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from kcr_kernels.stores import open_file_store
-from kcr_kernels.workspace_sync import RestoreFailed, WorkspaceSync
+from kcr_kernels.workspace_sync import QuotaExceeded, RestoreFailed, WorkspaceSync
 
 
 def make_sync(store, max_file_bytes=None, max_kernel_bytes=None) -> WorkspaceSync:
@@ -220,3 +220,31 @@ async def test_a_hundred_small_files(store, new_pod, kernel_id):
     assert {p: hashlib.sha256(d).hexdigest() for p, d in got.items()} == {
         p: hashlib.sha256(d).hexdigest() for p, d in files.items()
     }
+
+
+async def test_file_count_limit_keeps_new_files_out_and_says_so_in_one_line(
+    store, new_pod, kernel_id
+):
+    pod = new_pod()
+    sync = WorkspaceSync(store, max_file_bytes=None, max_kernel_bytes=None, max_kernel_files=3)
+    await sync.restore(kernel_id, pod.client)
+    for i in range(6):
+        write(pod, f"f{i}.txt", b"x")
+    result = await sync.sync(kernel_id, pod.client)
+    assert sorted(result.uploaded) == ["f0.txt", "f1.txt", "f2.txt"]
+    assert [(s.path, s.reason) for s in result.skipped] == [
+        (f"f{i}.txt", "file_count") for i in (3, 4, 5)
+    ]
+    assert result.warning == (
+        "3 new file(s) were not saved (f3.txt, f4.txt, f5.txt): the kernel already has 3 "
+        "files, its limit; they stay in this pod only and are lost when the pod stops"
+    )
+    assert (await sync.sync(kernel_id, pod.client)).warning is None  # said once
+    with pytest.raises(QuotaExceeded, match="limit of 3"):
+        await sync.check_upload(kernel_id, "new.txt", 1)
+    assert await sync.check_upload(kernel_id, "f0.txt", 1) is None  # replacing is fine
+
+    (pod.workspace / "f0.txt").unlink()  # room for one more
+    result = await sync.sync(kernel_id, pod.client)
+    assert result.deleted == ["f0.txt"] and result.uploaded == ["f3.txt"]
+    assert set(await stored(store, kernel_id)) == {"f1.txt", "f2.txt", "f3.txt"}

@@ -58,9 +58,20 @@ async def test_symlinks_leaving_the_workspace_are_refused(shared_runner, tmp_pat
     assert not (outside / "new.txt").exists()
     assert (await shared_runner.http("PUT", "/files/link-file", body=b"x")).code == 403
     assert (outside / "secret.txt").read_text() == "secret"
-    assert (await shared_runner.http("DELETE", "/files/link-dir")).code == 403
     listing = json.loads((await shared_runner.http("GET", "/files")).body)["files"]
-    assert not any(e["path"].startswith("link-") for e in listing)
+    links = {e["path"]: e for e in listing if e["path"].startswith("link-")}
+    assert {p: e["type"] for p, e in links.items()} == {
+        "link-dir": "symlink",
+        "link-file": "symlink",
+    }
+    assert links["link-dir"]["target"] == str(outside)
+    assert not any("sha256" in e for e in links.values())
+    # DELETE of a symlink removes the link itself, never its target.
+    assert (await shared_runner.http("DELETE", "/files/link-dir")).code == 204
+    assert (await shared_runner.http("DELETE", "/files/link-file")).code == 204
+    assert not (shared_runner.workspace / "link-dir").is_symlink()
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "secret"
 
 
 async def test_ipython_keeps_its_profile_out_of_the_workspace(start_runner, tmp_path):

@@ -133,7 +133,10 @@ class RemoteKernel(LoggingConfigurable):
         self.stop_reason: asyncio.Future | None = None  # the backend's word on that death
         self.dirty = False  # code ran since the last checkpoint
         self.interrupts_seen: set[str] = set()
-        self.file_sync: asyncio.Future | None = None  # the last cell's file sync, if running
+        self.file_sync: asyncio.Future | None = None  # the running file sync, if any
+        #: a cell ended while a sync ran: its fingerprint, synced once that sync is done
+        self.sync_wanted: str | None = None
+        self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.session = self._new_session()
@@ -222,8 +225,11 @@ class RemoteKernel(LoggingConfigurable):
             return None
 
     async def _before_request(self) -> None:
-        await self.settle_files()
+        # A running file sync does not hold the kernel back (a big tree can take minutes):
+        # syncs of one kernel are serialized and each is incremental. Only a kernel that
+        # must move to a pod first waits for it.
         if not self.attached:
+            await self.settle_files()
             await self.resume()
 
     async def _after_execute(self, reply: dict, frame: dict) -> None:
@@ -238,21 +244,29 @@ class RemoteKernel(LoggingConfigurable):
         if fingerprint is not None and fingerprint == self.synced_workspace:
             return  # the cell changed no file
         if self.host.files is not None and self.runner is not None:
-            # In the background, so the cell's idle is not held back; the next request
-            # and any release of the pod wait for it (settle_files).
-            self.file_sync = self.tasks.spawn(self._sync_files(fingerprint), "file sync")
+            # In the background, so the cell's idle and the next request are not held back;
+            # any release of the pod waits for it (settle_files). A cell that ends while a
+            # sync runs gets one more sync after it (coalesced).
+            if self.file_sync is not None and not self.file_sync.done():
+                self.sync_wanted, self.sync_again = fingerprint, True
+            else:
+                self.file_sync = self.tasks.spawn(self._sync_files(fingerprint), "file sync")
 
     # -- files --------------------------------------------------------------------
 
     async def _sync_files(self, fingerprint: str | None) -> None:
-        runner = self.runner
-        if runner is None:
-            return
-        result = await self.host.files.sync(self.kernel_id, runner)
-        if result.error is None and self.runner is runner:
-            self.synced_workspace = fingerprint
-        if result.warning:
-            self.session.tell_user(f"[kcr] warning: {result.warning}\n")
+        while True:
+            runner = self.runner
+            if runner is None:
+                return
+            result = await self.host.files.sync(self.kernel_id, runner)
+            if result.error is None and self.runner is runner:
+                self.synced_workspace = fingerprint
+            if result.warning:
+                self.session.tell_user(f"[kcr] warning: {result.warning}\n")
+            if not self.sync_again:
+                return
+            fingerprint, self.sync_again, self.sync_wanted = self.sync_wanted, False, None
 
     async def settle_files(self) -> None:
         """Wait for the file sync of the last cell, if it is still running."""
