@@ -71,7 +71,13 @@ class KCRGateway(JupyterApp):
 
     @property
     def classes(self):  # listed by --help-all and --generate-config
-        return [KCRGateway, KCRKernelManager, KCRKernelSpecManager, KCRIdentityProvider]
+        return [
+            KCRGateway,
+            KCRKernelManager,
+            KCRKernelSpecManager,
+            KCRIdentityProvider,
+            KCRWebsocketConnection,
+        ]
 
     # -- network ---------------------------------------------------------------
     ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
@@ -91,6 +97,12 @@ class KCRGateway(JupyterApp):
     allow_origin_pat = Unicode("", config=True, help="Regex of allowed CORS origins.")
     allow_credentials = Bool(False, config=True, help="Set Access-Control-Allow-Credentials.")
     authenticate_prometheus = Bool(True, config=True, help="Require the token for /metrics.")
+    websocket_max_message_size = Integer(
+        10 * 1024 * 1024,
+        config=True,
+        help="Largest WebSocket message a client may send, in bytes; a larger one is closed "
+        "with code 1009 before it is read. Other incoming limits: KCRWebsocketConnection.",
+    )
 
     # -- kernels ----------------------------------------------------------------
     list_kernels = Bool(True, config=True, help="Allow GET /api/kernels.")
@@ -340,6 +352,8 @@ class KCRGateway(JupyterApp):
             cookie_secret=os.urandom(32),
             authenticate_prometheus=self.authenticate_prometheus,
             websocket_ping_interval=30,
+            websocket_max_message_size=self.websocket_max_message_size,
+            config=self.config,  # KCRWebsocketConnection's limits
             kcr_app=self,
             kcr_pool=self.pool,
             kcr_workspace_sync=self.workspace_sync,
