@@ -94,6 +94,9 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         "error reply (0: any).",
     )
 
+    _closing = False  # set once this side closed the socket: later frames are ignored
+    _rejected: RejectLog | None = None  # set by connect()
+
     @property
     def kernel(self):
         return self.parent
@@ -125,9 +128,8 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         if self in kernel.session.listeners:
             kernel.session.remove_listener(self)
             kernel.connections = max(0, kernel.connections - 1)
-        rejected = getattr(self, "_rejected", None)
-        if rejected is not None:
-            rejected.summary()
+        if self._rejected is not None:
+            self._rejected.summary()
 
     # -- incoming (limits, decoding, validation) ---------------------------------
 
@@ -135,6 +137,13 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         """One client frame → at most one :meth:`KernelSession.handle` call; never raises."""
         if self._closing:
             return
+        try:
+            self._take(incoming_msg)
+        except Exception:  # a bug here must not leave the socket half-handled
+            log.exception("kernel %s: a frame could not be handled", self.kernel.kernel_id)
+            self._close(1011, "the gateway could not handle this frame")
+
+    def _take(self, incoming_msg) -> None:
         if not self._rate.take():
             self._close(POLICY, f"more than {self.max_frames_per_second:g} frames per second")
             return
