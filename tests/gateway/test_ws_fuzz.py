@@ -29,7 +29,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 V1 = "v1.kernel.websocket.jupyter.org"
 MAX_MESSAGE = 64 * 1024
 PER_KERNEL = 8
-RATE, BURST = 200, 400
+RATE, BURST = 50, 400  # a slow (loaded) gateway must still exceed RATE
 MAX_QUEUED = 50
 
 
