@@ -13,7 +13,7 @@ lz4 cannot shrink it; a 100 MB array of zeros is shown too), then:
 
 * **checkpoint** = runner snapshot (``POST /state/snapshot``: cloudpickle +
   lz4 in the pod, the blob back to the gateway) + store put, each timed, and
-  the whole ``KCRKernelManager._checkpoint`` the gateway runs after a cell;
+  the whole ``KCRCheckpointer.checkpoint`` the gateway runs after a cell;
 * **restore** = store get + runner restore (``POST /state/restore``) into a
   fresh pod leased from the pool, as on recovery;
 * **resume** = a small kernel is hibernated (``KCRKernelManager.hibernate``),
@@ -291,7 +291,7 @@ async def measure_case(app, socket: KernelSocket, kernel_id: str, case: Case, re
 
         kernel.dirty = True  # as after a cell
         t0 = time.perf_counter()
-        result = await manager._checkpoint(kernel, quiet=True)
+        result = await manager.checkpointer.checkpoint(kernel, quiet=True)
         checkpoints.append(time.perf_counter() - t0)
         if result is None or not result.saved:
             raise BenchError(f"{case.label}: the gateway's checkpoint failed: {result}")

@@ -218,7 +218,7 @@ def error_reply(msg: Any, ename: str, evalue: str) -> ErrorReply | None:
     A reply needs a ``header`` whose ``msg_id`` is a string (clients match
     replies by it) and a request (``*_request``, so that a reply is what the
     client waits for). A message whose ``msg_type`` itself is bad is answered
-    with an ``error`` message on shell (the reply type cannot be known). The
+    with an ``error_reply`` on shell (the reply type cannot be known). The
     reply goes on the message's channel when that is valid, else on shell.
     """
     header = msg.get("header") if isinstance(msg, dict) else None
@@ -232,7 +232,7 @@ def error_reply(msg: Any, ename: str, evalue: str) -> ErrorReply | None:
             return None  # comm_msg, input_reply...: Jupyter never answers these
         reply_type = msg_type[: -len("_request")] + "_reply"
     else:
-        reply_type = "error"
+        reply_type = "error_reply"  # as KernelSession names it
     channel = msg.get("channel")
     if channel not in CHANNELS or channel == "stdin":
         channel = "shell"

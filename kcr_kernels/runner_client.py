@@ -58,6 +58,11 @@ class RunnerClient:
       after passing every intermediate event to ``on_event`` in order.
     * Frames with ``"id": null`` (e.g. a widget callback's output) go to
       ``on_unsolicited``.
+    * Back-pressure: after each frame, ``backpressure()`` (if set) may return an
+      awaitable; nothing more is read from the runner until it is done, so a slow
+      consumer makes the runner stop reading its worker (the worker blocks) instead
+      of the gateway buffering output. The loop yields to other tasks after every
+      frame, so a flood of small frames never starves the event loop.
     * When the channel drops, every pending request fails with
       :class:`RunnerGone` and ``on_lost`` is called once (unless the drop
       was caused by :meth:`close`).
@@ -79,6 +84,7 @@ class RunnerClient:
         self.request_timeout = request_timeout
         self.on_unsolicited = on_unsolicited
         self.on_lost = on_lost
+        self.backpressure: Callable[[], Awaitable[Any] | None] | None = None
         self._ws: WebSocketClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, _Pending] = {}
@@ -179,6 +185,11 @@ class RunnerClient:
                 log.warning("runner %s sent a frame that is not JSON: %.200r", self.url, raw)
                 continue
             self._dispatch(frame)
+            wait = self.backpressure() if self.backpressure is not None else None
+            if wait is not None:
+                await wait
+            else:
+                await asyncio.sleep(0)
         reason = ws.close_reason or f"code {ws.close_code}"
         self._channel_lost(f"the runner closed the channel ({reason})")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jupyter_client.session import Session
 
@@ -42,6 +42,15 @@ class KernelListener(Protocol):
         """Deliver one Jupyter message (dict with header, parent_header, ...)."""
 
 
+@runtime_checkable
+class PacedListener(KernelListener, Protocol):
+    """A listener with a bounded send buffer (a WebSocket): it can slow the kernel down."""
+
+    def drained(self) -> Awaitable[None] | None:
+        """``None`` while it keeps up; else an awaitable that ends once it has room again
+        (or has given up on its client)."""
+
+
 class KernelSession:
     """The Jupyter side of one kernel.
 
@@ -61,11 +70,16 @@ class KernelSession:
       execute requests already queued (reply status ``aborted``).
     * ``kernel_info_reply`` is served from a cache filled when the runner is
       attached, never with a pod round trip.
+    * A cell whose pod goes away gets a ``KernelDied`` error; ``explain_loss``
+      (from the kernel manager) may give the reason the backend knows, e.g.
+      "the kernel used more than 2 GiB of memory and was stopped".
     * ``shutdown_request`` is answered and then handed to ``on_shutdown``
       (the kernel manager restarts or removes the kernel).
     * The runner behind the session can be replaced (:meth:`attach_runner`)
       while listeners stay attached: a restart or a move to a fresh pod is
       invisible to the WebSocket.
+    * Back-pressure: the runner's output is read no faster than the slowest
+      :class:`PacedListener` reads it (each listener bounds that wait itself).
     """
 
     def __init__(
@@ -77,6 +91,7 @@ class KernelSession:
         on_activity: Callable[[str], None] | None = None,
         before_request: Callable[[], Awaitable[None]] | None = None,
         after_execute: Callable[[dict, dict], Awaitable[None]] | None = None,
+        explain_loss: Callable[[], Awaitable[str | None]] | None = None,
     ):
         self.kernel_id = kernel_id
         self.msg_factory = Session(username=username, key=b"")
@@ -89,6 +104,7 @@ class KernelSession:
         self.on_activity = on_activity
         self.before_request = before_request
         self.after_execute = after_execute
+        self.explain_loss = explain_loss
         self._queue = ShellQueue()
         self._worker: asyncio.Task | None = None
         self._current: tuple[KernelListener, dict, str] | None = None  # listener, msg, runner id
@@ -102,6 +118,7 @@ class KernelSession:
     async def attach_runner(self, runner: RunnerClient, kernel_info: dict | None = None) -> None:
         """Put ``runner`` behind this session (start, restart, move to a new pod)."""
         runner.on_unsolicited = self._on_unsolicited
+        runner.backpressure = self._listeners_drained
         self.runner = runner
         if kernel_info is None:
             kernel_info = await runner.kernel_info()
@@ -127,16 +144,32 @@ class KernelSession:
         """Drop queued shell requests (restart): each gets an ``aborted`` reply."""
         while not self._queue.empty():
             listener, msg = self._queue.get_nowait()
-            self._abort(listener, msg, reason)
+            try:
+                self._abort(listener, msg, reason)
+            except Exception:  # one bad request must not keep the others unanswered
+                log.exception("kernel %s: could not abort a queued request", self.kernel_id)
 
     async def close(self) -> None:
+        """Stop the session; never raises, whatever the queued requests look like.
+
+        The kernel manager frees the pod after this, so a failure here (a queued
+        request a listener cannot be told about) is logged, never passed on.
+        """
         self._closed = True
-        self.reset_queue("the kernel was shut down")
-        if self._worker is not None:
-            self._worker.cancel()
-        if self.runner is not None:
-            self.runner.close()
-        self.set_state("dead")
+        try:
+            self.reset_queue("the kernel was shut down")
+        except Exception:
+            log.exception("kernel %s: aborting queued requests failed", self.kernel_id)
+            self._queue = asyncio.Queue()
+        finally:
+            if self._worker is not None:
+                self._worker.cancel()
+            if self.runner is not None:
+                self.runner.close()
+        try:
+            self.set_state("dead")
+        except Exception:
+            log.exception("kernel %s: publishing the dead status failed", self.kernel_id)
 
     # -- listeners ------------------------------------------------------------
 
@@ -146,6 +179,14 @@ class KernelSession:
     def remove_listener(self, listener: KernelListener) -> None:
         if listener in self.listeners:
             self.listeners.remove(listener)
+
+    def _listeners_drained(self) -> Awaitable[Any] | None:
+        waits = [
+            wait
+            for listener in self.listeners
+            if isinstance(listener, PacedListener) and (wait := listener.drained()) is not None
+        ]
+        return asyncio.gather(*waits) if waits else None
 
     # -- messages out ---------------------------------------------------------
 
@@ -332,7 +373,7 @@ class KernelSession:
                     self.reply(
                         listener,
                         "shell",
-                        f"{str(parent.get('msg_type')).removesuffix('_request')}_reply",
+                        _reply_type(parent.get("msg_type")),
                         _error_content(type(e).__name__, str(e)),
                         parent,
                     )
@@ -420,7 +461,7 @@ class KernelSession:
             reply_content = frame.get("content") or {}
         except RunnerError as e:
             frame = {}
-            reply_content = self._died(e, parent)
+            reply_content = await self._died(e, parent)
         if "execution_count" in reply_content:
             self.execution_count = reply_content["execution_count"]
         self.reply(
@@ -441,13 +482,17 @@ class KernelSession:
             except Exception:
                 log.exception("kernel %s: after-execute hook failed", self.kernel_id)
 
-    def _died(self, error: RunnerError, parent: dict) -> dict:
+    async def _died(self, error: RunnerError, parent: dict) -> dict:
         ename = "KernelDied" if isinstance(error, RunnerGone) else "RunnerError"
         evalue = (
             f"The kernel's pod stopped while this request ran ({error})."
             if isinstance(error, RunnerGone)
             else str(error)
         )
+        if isinstance(error, RunnerGone) and self.explain_loss is not None:
+            why = await self.explain_loss()  # e.g. the pod's memory limit (OOMKilled)
+            if why:
+                evalue = f"The kernel's pod stopped while this request ran: {why}."
         content = _error_content(ename, evalue)
         self.publish("error", {k: content[k] for k in ("ename", "evalue", "traceback")}, parent)
         content["execution_count"] = self.execution_count
@@ -485,7 +530,7 @@ class KernelSession:
         self.reply(
             listener,
             "shell",
-            msg_type.replace("_request", "_reply"),
+            _reply_type(msg_type),
             content,
             parent,
             metadata={"status": "aborted"},
@@ -495,6 +540,13 @@ class KernelSession:
     def _on_unsolicited(self, event: str, content: dict) -> None:
         """Output not caused by a request (a widget callback): parent = last request."""
         self.publish(event, content, self._last_parent)
+
+
+def _reply_type(msg_type: object) -> str:
+    """The reply type of a request type; a malformed one (not a string) gets ``error_reply``."""
+    if not isinstance(msg_type, str):
+        return "error_reply"
+    return msg_type.replace("_request", "_reply")
 
 
 def _error_content(ename: str, evalue: str) -> dict:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
-from jupyter_server.auth.authorizer import AllowAllAuthorizer
 from jupyter_server.utils import url_path_join
 from tornado import httpserver, web
 from tornado.httpclient import AsyncHTTPClient
@@ -31,11 +30,13 @@ from kcr_kernels.pool import PodPool, PoolConfig
 from kcr_kernels.stores import StoreError, open_file_store, open_kernel_store
 from kcr_kernels.workspace_sync import WorkspaceSync
 
-from . import __version__
+from . import __version__, redact
 from .files import files_handlers
-from .handlers import NotFoundHandler, default_handlers
+from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
-from .kernels import KCRKernelManager
+from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
+from .ownership import KCRAuthorizer
+from .token_cli import HashTokenApp
 from .websocket import KCRWebsocketConnection
 
 
@@ -50,12 +51,17 @@ aliases = {
     "base-url": "KCRGateway.base_url",
     "data-dir": "KCRGateway.data_dir",
     "backend": "KCRGateway.backend",
+    "token-file": "KCRIdentityProvider.token_file",
 }
 flags = {
     **base_flags,
     "allow-unsandboxed": (
         {"KCRGateway": {"allow_unsandboxed": True}},
         "Run pods without bubblewrap when it is missing (user code is NOT isolated).",
+    ),
+    "kernel-ownership": (
+        {"KCRAuthorizer": {"kernel_ownership": True}},
+        "A kernel belongs to the identity that started it; others get 404 (admins: all).",
     ),
 }
 
@@ -68,14 +74,21 @@ class KCRGateway(JupyterApp):
     description = "Jupyter Kernel Gateway compatible server: kernels on warm, sandboxed pods."
     aliases = aliases
     flags = flags
+    subcommands = {
+        "hash-token": (HashTokenApp, HashTokenApp.description.splitlines()[0]),
+    }
 
     @property
     def classes(self):  # listed by --help-all and --generate-config
         return [
             KCRGateway,
             KCRKernelManager,
+            KCRLeaseKeeper,
+            KCRCheckpointer,
+            KCRCuller,
             KCRKernelSpecManager,
             KCRIdentityProvider,
+            KCRAuthorizer,
             KCRWebsocketConnection,
         ]
 
@@ -85,8 +98,9 @@ class KCRGateway(JupyterApp):
     base_url = Unicode("/", config=True, help="URL prefix of every route.")
     auth_token = Unicode(
         config=True,
-        help="Token clients must send (Authorization: token <t> or ?token=). "
-        "Default: $KCR_AUTH_TOKEN; empty turns authentication off.",
+        help="A shared token clients may send (Authorization: token <t> or ?token=); it is "
+        "one admin identity (KCRIdentityProvider.token_username). Default: $KCR_AUTH_TOKEN. "
+        "With it, the token file and JupyterHub all empty, authentication is off.",
     )
 
     @default("auth_token")
@@ -108,7 +122,10 @@ class KCRGateway(JupyterApp):
     list_kernels = Bool(True, config=True, help="Allow GET /api/kernels.")
     max_kernels = Integer(0, config=True, help="Most kernels at once (0: no limit).")
     max_kernels_per_user = Integer(
-        0, config=True, help="Most kernels per KERNEL_USERNAME (0: no limit)."
+        0,
+        config=True,
+        help="Most kernels per user (0: no limit): per identity when authentication is on, "
+        "else per KERNEL_USERNAME.",
     )
     env_whitelist = List(
         Unicode(), config=True, help="Env names besides KERNEL_* a start request may set."
@@ -142,13 +159,39 @@ class KCRGateway(JupyterApp):
 
     pools = Dict(
         config=True,
-        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any)}}. "
+        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any), "
+        "'memory': the memory cap of each kernel, e.g. '2Gi' ('0': none)}}. "
         "Default: {'python': {'warm': 2}}.",
     )
 
     @default("pools")
     def _pools_default(self) -> dict:
         return self._json_config().get("pools") or {"python": {"warm": 2, "max": 0}}
+
+    memory_limit = Unicode(
+        "2Gi",
+        config=True,
+        help="Memory cap of one kernel, all its processes together (Ki/Mi/Gi or K/M/G "
+        "suffixes; '0': none), for languages whose pool sets no 'memory'. Local backend: a "
+        "memory cgroup per pod (no swap beyond it); a kernel over it is stopped and its cell "
+        "says 'the kernel used more than N of memory and was stopped'. Kubernetes: pools' "
+        "'memory' replaces the language's resources.limits.memory.",
+    )
+
+    def memory_limits(self) -> tuple[int | None, dict[str, int | None]]:
+        """(default cap, {language: cap}) in bytes from memory_limit and the pools."""
+        from kcr_kernels.backends.cgroups import parse_memory
+
+        try:
+            default = parse_memory(self.memory_limit)
+            per_language = {
+                language: parse_memory((sizes or {})["memory"])
+                for language, sizes in self.pools.items()
+                if "memory" in (sizes or {})
+            }
+        except ValueError as e:
+            raise StartupError(f"bad memory setting: {e}")
+        return default, per_language
 
     refill_concurrency = Integer(2, config=True, help="Pods started at once while refilling.")
     pod_start_timeout = Float(30.0, config=True, help="Seconds a pod may take to become ready.")
@@ -218,7 +261,14 @@ class KCRGateway(JupyterApp):
         if self.backend == "local":
             from kcr_kernels.backends.local import LocalBackend
 
-            backend = LocalBackend(Path(self.data_dir), sandbox=True, log=self.log)
+            memory_limit, memory_limits = self.memory_limits()
+            backend = LocalBackend(
+                Path(self.data_dir),
+                sandbox=True,
+                log=self.log,
+                memory_limit=memory_limit,
+                memory_limits=memory_limits,
+            )
             if self.allow_unsandboxed:
                 from kcr_kernels.backends.sandbox import SandboxUnavailable
 
@@ -244,6 +294,11 @@ class KCRGateway(JupyterApp):
                 config = KubernetesConfig.from_dict(settings)
             except (TypeError, ValueError) as e:
                 raise StartupError(f"bad kubernetes settings in {self.config_file_json}: {e}")
+            self.memory_limits()  # a bad size fails the start, not every pod creation
+            for language, sizes in self.pools.items():
+                memory = (sizes or {}).get("memory")
+                if memory is not None and language in config.languages:
+                    config.languages[language].memory = str(memory)
             api_client = None
             if config.api_server:  # e.g. kubectl proxy: no credentials, plain URL
                 from kubernetes import client
@@ -318,18 +373,24 @@ class KCRGateway(JupyterApp):
             pool=self.pool,
             store=self.kernel_store,
             kernel_spec_manager=self.kernel_spec_manager,
-            default_kernel_name=self.default_kernel_name,
-            start_timeout=self.pod_start_timeout,
         )
         self.pool.prepare = self.kernel_manager.prepare_pod
         self.identity_provider = KCRIdentityProvider(
             parent=self, log=self.log, token=self.auth_token
         )
+        self.authorizer = KCRAuthorizer(
+            parent=self, log=self.log, identity_provider=self.identity_provider
+        )
+        if self.authorizer.kernel_ownership and not self.identity_provider.auth_enabled:
+            raise StartupError(
+                "kernel_ownership needs identities: set an auth token, a token file "
+                "(--token-file) or JupyterHub (JUPYTERHUB_API_URL)"
+            )
 
     def make_web_app(self) -> web.Application:
         handlers = [
             (url_path_join(self.base_url, pattern), *rest)
-            for pattern, *rest in default_handlers() + files_handlers()
+            for pattern, *rest in with_json_errors(default_handlers() + files_handlers())
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader
@@ -343,7 +404,7 @@ class KCRGateway(JupyterApp):
             kernel_spec_manager=self.kernel_spec_manager,
             kernel_websocket_connection_class=KCRWebsocketConnection,
             identity_provider=self.identity_provider,
-            authorizer=AllowAllAuthorizer(parent=self, identity_provider=self.identity_provider),
+            authorizer=self.authorizer,
             allow_origin=self.allow_origin,
             allow_origin_pat=self.allow_origin_pat,
             allow_credentials=self.allow_credentials,
@@ -374,7 +435,18 @@ class KCRGateway(JupyterApp):
         AsyncHTTPClient.configure(
             None, max_clients=1024, max_body_size=self.max_state_bytes + (64 << 20)
         )
+        redact.install()
+        redact.add_secret(self.auth_token)
         self.init_components()
+        # Not needed to check user tokens (the Hub answers /user with the caller's token),
+        # but present in a Hub service's environment: never logged.
+        redact.add_secret(os.environ.get("JUPYTERHUB_API_TOKEN", ""))
+        try:
+            self.identity_provider.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot read the token file {self.identity_provider.token_file}: {e.strerror or e}"
+            )
         await asyncio.to_thread(Path(self.data_dir).mkdir, parents=True, exist_ok=True)
         try:
             await self.kernel_store.ping()
@@ -431,6 +503,8 @@ class KCRGateway(JupyterApp):
         """Stop serving; hibernate kernels (they stay in the registry) and delete every pod."""
         if self.http_server is not None:
             self.http_server.stop()
+        if getattr(self, "identity_provider", None) is not None:
+            await self.identity_provider.stop()
         if getattr(self, "_ready_task", None) is not None:
             self._ready_task.cancel()
         if self.kernel_manager is not None:
@@ -446,6 +520,9 @@ class KCRGateway(JupyterApp):
             await self.workspace_sync.store.close()
 
     def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
         super().start()
         asyncio.run(self._main())
 

@@ -10,31 +10,71 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import jupyter_server
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler
-from jupyter_server.kernelspecs.handlers import KernelSpecResourceHandler
+from jupyter_server.kernelspecs import handlers as ksr_handlers
 from jupyter_server.services.kernels import handlers as kernel_handlers
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from jupyter_server.services.kernelspecs.handlers import KernelSpecHandler, MainKernelSpecHandler
 from jupyter_server.utils import url_escape, url_path_join
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado import web
+from tornado import httputil, web
 
 from . import __version__, metrics
+from .ownership import username_of
 
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
+
+
+class JSONErrors:
+    """``write_error`` for API handlers: ``{"reason", "message"}``, never a traceback.
+
+    An ``HTTPError`` keeps its message; any other exception is logged (with its
+    traceback, by tornado) and answered with a generic 500 that names no internals.
+    """
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_header("Content-Type", "application/json")
+        reason = httputil.responses.get(status_code, "Unknown HTTP Error")
+        message = reason
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        if isinstance(exc, web.HTTPError):
+            reason = exc.reason or reason
+            message = (
+                exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            )
+            message = message or reason
+        elif exc is not None:
+            message = "Internal error in the gateway; see its log"
+        self.finish(json.dumps({"reason": reason, "message": message}))
+
+
+def with_json_errors(routes: list[tuple]) -> list[tuple]:
+    """The routes, each API handler (ours and jupyter_server's) answering errors as JSON."""
+    wrapped = []
+    for pattern, handler, *rest in routes:
+        if issubclass(handler, APIHandler) and not issubclass(handler, JSONErrors):
+            handler = type(handler.__name__, (JSONErrors, handler), {"__doc__": handler.__doc__})
+        wrapped.append((pattern, handler, *rest))
+    return wrapped
 
 
 class KernelsHandler(kernel_handlers.MainKernelHandler):
     """``GET /api/kernels`` (if listing is allowed) and ``POST /api/kernels``.
 
-    The POST body is ``{"name": kernelspec, "env": {...}}``; ``KERNEL_*``
-    variables and those the operator allows (``KCRGateway.env_whitelist``)
-    are passed to the kernel, the rest of ``env`` is ignored. Limits on the
-    number of kernels (global, per ``KERNEL_USERNAME``) are a 403.
+    The POST body is ``{"name": kernelspec, "env": {...}, "kernel_id": uuid}``;
+    ``KERNEL_*`` variables and those the operator allows (``KCRGateway.env_whitelist``)
+    are passed to the kernel, the rest of ``env`` is ignored. A ``kernel_id`` the client
+    chooses must be a UUID in canonical form (400 otherwise). The kernel belongs to the
+    caller's identity. Limits on the number of kernels (global, per user) are a 403: the
+    per-user limit counts the kernels of the caller's identity when authentication is on,
+    else those with the same ``KERNEL_USERNAME``. With kernel ownership on,
+    ``KERNEL_USERNAME`` is set from the identity. Listing shows only the kernels the
+    caller may use (see :mod:`kcr_gateway.ownership`).
     """
 
     @web.authenticated
@@ -42,7 +82,10 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
     async def get(self):
         if not self.settings["kcr_list_kernels"]:
             raise web.HTTPError(403, "Listing kernels is disabled on this gateway")
-        await super().get()
+        kernels = await self.kernel_manager.list_kernels(
+            user=self.authorizer.list_owner(self.current_user)
+        )
+        self.finish(json.dumps(kernels))
 
     @web.authenticated
     @authorized
@@ -55,18 +98,31 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
         env = model.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise web.HTTPError(400, "'env' must be an object of string values")
+        kernel_id = model.get("kernel_id")
+        if kernel_id is not None and not _is_uuid(kernel_id):
+            raise web.HTTPError(
+                400,
+                "'kernel_id' must be a UUID in canonical form "
+                "(like 0b7e5e52-1b9a-4c4e-9a7e-1f2d3c4b5a69), or left out",
+            )
         allowed = set(self.settings["kcr_env_whitelist"])
         env = {k: v for k, v in env.items() if k.startswith("KERNEL_") or k in allowed}
-        self._check_limits(env.get("KERNEL_USERNAME", ""))
+        user = self.current_user
+        env = self.authorizer.start_env(user, env)
+        self._check_limits(user, env.get("KERNEL_USERNAME", ""))
         kernel_id = await km.start_kernel(
-            kernel_name=name, path=model.get("path"), kernel_id=model.get("kernel_id"), env=env
+            kernel_name=name,
+            path=model.get("path"),
+            kernel_id=kernel_id,
+            env=env,
+            user=username_of(user),
         )
         location = url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
         self.set_header("Location", location)
         self.set_status(201)
         self.finish(json.dumps(await km.kernel_model(kernel_id)))
 
-    def _check_limits(self, username: str) -> None:
+    def _check_limits(self, user, kernel_username: str) -> None:
         km = self.kernel_manager
         limit = self.settings["kcr_max_kernels"]
         if limit and len(km) >= limit:
@@ -74,10 +130,26 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
                 403, f"Resource Limit: this gateway already runs its maximum of {limit} kernels"
             )
         per_user = self.settings["kcr_max_kernels_per_user"]
-        if per_user and username and km.kernels_of(username) >= per_user:
+        if not per_user:
+            return
+        if self.identity_provider.auth_enabled:  # the identity, never a client-chosen name
+            username, running = username_of(user), km.kernels_owned_by(username_of(user))
+        else:  # no identities: the client's KERNEL_USERNAME is all there is
+            username = kernel_username
+            running = km.kernels_of(username) if username else 0
+        if running >= per_user:
             raise web.HTTPError(
                 403, f"Resource Limit: {username} already runs the maximum of {per_user} kernels"
             )
+
+
+def _is_uuid(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 class KernelActionHandler(kernel_handlers.KernelActionHandler):
@@ -172,7 +244,20 @@ class MetricsHandler(APIHandler):
         self.finish(generate_latest())
 
 
-class NotFoundHandler(APIHandler):
+class KernelSpecResourceHandler(JSONErrors, ksr_handlers.KernelSpecResourceHandler):
+    """``GET /kernelspecs/{name}/{path}`` (logos): jupyter_server's, with API-style errors.
+
+    Without a valid token it answers 403 like every other endpoint (jupyter_server's
+    would try to redirect to a login page this server does not have, a 500); every error
+    (403, 404, 405, a path outside the kernelspec) is JSON ``{"reason", "message"}``,
+    never an HTML page or a traceback.
+    """
+
+    def get_login_url(self) -> str:
+        raise web.HTTPError(403, "This resource needs the gateway token")
+
+
+class NotFoundHandler(JSONErrors, APIHandler):
     """Every unknown path: a JSON 404."""
 
     @allow_unauthenticated

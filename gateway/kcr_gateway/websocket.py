@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 
 from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.base import (
@@ -26,6 +27,7 @@ from traitlets import Float, Integer
 
 from kcr_kernels.message_validation import BadMessage, error_reply, validate
 
+from .send_buffer import SendBuffer
 from .ws_frames import FrameError, decode
 from .ws_limits import FrameRate, RejectLog
 
@@ -34,6 +36,9 @@ log = logging.getLogger("kcr.gateway.ws")
 POLICY = 1008  # WebSocket close code: the client broke a limit
 
 V1 = "v1.kernel.websocket.jupyter.org"
+MiB = 1024 * 1024
+#: Close code for a client that does not read its output (1008: policy violation).
+CLOSE_TOO_SLOW = 1008
 
 
 def _dumps(obj) -> bytes:
@@ -65,6 +70,13 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     * a shell request while the kernel already has ``max_queued_requests``
       requests or ``max_queued_bytes`` waiting gets a ``KernelQueueFull``
       error reply (or is dropped when it cannot be addressed).
+
+    Output is bounded per connection (:class:`SendBuffer`): while this client has more than
+    ``max_buffer_bytes`` of output unread, the session stops reading the kernel's output
+    (the kernel waits; :meth:`drained`); a client still over the limit after
+    ``slow_client_timeout`` seconds, or with twice the limit unread, is disconnected with
+    close code 1008 "client too slow: N MiB of output unread". The kernel keeps running and
+    its other clients keep getting its output.
     """
 
     max_connections_per_kernel = Integer(
@@ -97,6 +109,19 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     _closing = False  # set once this side closed the socket: later frames are ignored
     _rejected: RejectLog | None = None  # set by connect()
 
+    max_buffer_bytes = Integer(
+        4 * MiB,
+        config=True,
+        help="Output queued for one client and not yet read by it before the kernel's output "
+        "is paused for everyone; a client at twice this is disconnected at once.",
+    )
+    slow_client_timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds a client may keep max_buffer_bytes of output unread (the kernel's output "
+        "paused) before it is disconnected with close code 1008.",
+    )
+
     @property
     def kernel(self):
         return self.parent
@@ -109,6 +134,7 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         """Nothing to prepare: the kernel's pod is already connected."""
 
     async def connect(self) -> None:
+        self.buffer = SendBuffer(self.max_buffer_bytes)
         handler = self.websocket_handler
         handler.set_nodelay(True)
         kernel = self.kernel
@@ -217,13 +243,39 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
                     _dumps(msg["content"]),
                     *msg.get("buffers", []),
                 ]
-                handler.write_message(serialize_msg_to_ws_v1(parts, channel), binary=True)
+                frame, binary = serialize_msg_to_ws_v1(parts, channel), True
             elif msg.get("buffers"):
-                handler.write_message(serialize_binary_message(msg), binary=True)
+                frame, binary = serialize_binary_message(msg), True
             else:
-                handler.write_message(json.dumps(msg, default=json_default))
+                frame, binary = json.dumps(msg, default=json_default), False
+            self.buffer.track(len(frame), handler.write_message(frame, binary=binary))
         except WebSocketClosedError:
             self.disconnect()
+            return
+        if self.buffer.unsent > 2 * self.buffer.limit:
+            self.too_slow()
+
+    # PacedListener
+    def drained(self) -> Awaitable[None] | None:
+        """``None`` while this client keeps up; else an awaitable that ends when it has read
+        enough, or when it was disconnected for being too slow."""
+        if not self.buffer.full or self.websocket_handler.ws_connection is None:
+            return None
+        return self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        if not await self.buffer.room(self.slow_client_timeout):
+            self.too_slow()
+
+    def too_slow(self) -> None:
+        """Disconnect this client: it does not read its output."""
+        handler = self.websocket_handler
+        if handler.ws_connection is None:
+            return
+        reason = f"client too slow: {self.buffer.unsent / MiB:.1f} MiB of output unread"
+        log.warning("kernel %s: %s; disconnecting it", self.kernel.kernel_id, reason)
+        self.disconnect()
+        handler.close(CLOSE_TOO_SLOW, reason)
 
     def handle_outgoing_message(self, stream: str, outgoing_msg: list) -> None:
         """Unused: messages come from the KernelSession, not from ZMQ streams."""

@@ -72,6 +72,8 @@ class PodBackend(abc.ABC):
     * :meth:`healthy` asks the pod's runner (``GET /healthz``) whether it and
       its worker are fine; ``False`` when it does not answer within ``timeout``.
     * :meth:`list` returns the pods this backend knows of, for reconciliation.
+    * :meth:`stop_reason` says, for the user, why a pod stopped when the
+      backend knows better than "it stopped" (its memory limit); ``None`` else.
     * :meth:`close` releases the backend's own resources (not the pods).
 
     Every method is a coroutine that never blocks the event loop.
@@ -118,6 +120,14 @@ class PodBackend(abc.ABC):
 
     @abc.abstractmethod
     async def list(self, language: str | None = None) -> list[Pod]: ...
+
+    async def stop_reason(self, pod: Pod, timeout: float = 3.0) -> str | None:
+        """Why ``pod`` stopped, in a sentence for the user, or ``None`` when not known.
+
+        Called by the kernel manager when a pod's runner went away under a
+        request; may wait up to ``timeout`` seconds for the backend to learn it.
+        """
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the backend's own resources. Pods are deleted by the pool."""

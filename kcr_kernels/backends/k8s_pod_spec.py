@@ -39,9 +39,17 @@ def _default_owner() -> str:
 
 @dataclass
 class LanguageSpec:
-    """Image and resources of one language's runner pods."""
+    """Image and resources of one language's runner pods.
+
+    ``memory`` (a quantity such as ``"2Gi"``; the gateway fills it from the pools'
+    ``memory`` setting) is the pod's memory cap: it replaces ``resources.limits.memory``
+    (and lowers ``requests.memory`` to it when the request was larger). A pod over it is
+    ``OOMKilled`` by the kubelet, and the user's cell says "the kernel used more than N
+    of memory and was stopped".
+    """
 
     image: str
+    memory: str = ""
     resources: dict = field(
         default_factory=lambda: {
             "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
@@ -157,7 +165,7 @@ def runner_pod_manifest(config: KubernetesConfig, language: str, name: str, toke
             language,
         ],
         ports=[{"name": "runner", "containerPort": config.runner_port, "protocol": "TCP"}],
-        resources=copy.deepcopy(spec.resources),
+        resources=_resources(spec),
         # Readiness by TCP: the runner's HTTP endpoints need the per-pod token.
         readinessProbe={"tcpSocket": {"port": "runner"}, "periodSeconds": 1},
         securityContext={
@@ -215,6 +223,23 @@ def runner_pod_manifest(config: KubernetesConfig, language: str, name: str, toke
         pod_spec["imagePullSecrets"] = list(config.image_pull_secrets)
     pod["apiVersion"], pod["kind"] = "v1", "Pod"
     return pod
+
+
+def _resources(spec: LanguageSpec) -> dict:
+    from .cgroups import parse_memory
+
+    resources = copy.deepcopy(spec.resources)
+    if not spec.memory:
+        return resources
+    limit = parse_memory(spec.memory)  # ValueError for a bad size, at config time
+    if limit is None:  # "0": no memory limit on the pod
+        (resources.get("limits") or {}).pop("memory", None)
+        return resources
+    resources.setdefault("limits", {})["memory"] = spec.memory
+    request = (resources.get("requests") or {}).get("memory")
+    if request is not None and (parse_memory(request) or 0) > limit:
+        resources["requests"]["memory"] = spec.memory
+    return resources
 
 
 def _template(path: str) -> dict:

@@ -25,14 +25,17 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 
+from kcr_runner.memory_cap import oom_message
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.rest import ApiException
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .base import Pod, PodBackend, PodStartError
+from .cgroups import parse_memory
 from .k8s_pod_spec import (
     CLAIMED_AT_ANNOTATION,
+    CONTAINER_NAME,
     KERNEL_LABEL,
     LANGUAGE_LABEL,
     OWNER_LABEL,
@@ -77,6 +80,37 @@ def _why_not_running(obj: dict) -> str:
         if cond.get("status") == "False" and cond.get("message"):
             return f"{cond.get('reason', '')}: {cond['message']}"
     return f"phase {status.get('phase', 'unknown')}"
+
+
+def _terminations(obj: dict) -> list[dict]:
+    """The ``terminated`` details of the runner container (current and last state)."""
+    out = []
+    for cs in (obj.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") not in (None, CONTAINER_NAME):
+            continue
+        for key in ("state", "lastState"):
+            detail = (cs.get(key) or {}).get("terminated")
+            if detail:
+                out.append(detail)
+    return out
+
+
+def _memory_limit(obj: dict) -> int | None:
+    for container in (obj.get("spec") or {}).get("containers") or []:
+        if container.get("name") == CONTAINER_NAME:
+            limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+            try:
+                return parse_memory(limit)
+            except ValueError:
+                return None
+    return None
+
+
+def _oom_killed(obj: dict) -> str | None:
+    """The user's sentence when the runner container was ``OOMKilled``, else ``None``."""
+    if any(t.get("reason") == "OOMKilled" for t in _terminations(obj)):
+        return oom_message(_memory_limit(obj))
+    return None
 
 
 class KubernetesBackend(PodBackend):
@@ -352,6 +386,26 @@ class KubernetesBackend(PodBackend):
             for obj in self._cache.values()
             if language is None or self._language(obj) == language
         ]
+
+    async def stop_reason(self, pod: Pod, timeout: float = 3.0) -> str | None:
+        """ "The kernel used more than N of memory and was stopped" for an ``OOMKilled`` pod.
+
+        The runner's socket usually drops before the kubelet's status update reaches
+        the watch: waits up to ``timeout`` seconds for the container's termination
+        (the kernel manager deletes a lost pod only after this returns). ``None`` at
+        once for a pod already gone from the watch (deleted behind the gateway's back).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = self._cache.get(pod.name)
+            if obj is None:  # deleted by someone else: no status to learn from
+                return None
+            why = _oom_killed(obj)
+            if why is not None or _terminations(obj):
+                return why
+            if time.monotonic() >= deadline:
+                return None
+            await self._wait_change(deadline)
 
     # -- shared pools ------------------------------------------------------------------
 

@@ -20,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from kcr_runner.memory_cap import format_bytes
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .base import Pod, PodBackend, PodStartError
-from .sandbox import PidsCgroup, Sandbox, SandboxLimits
+from .cgroups import PodCgroup, PodCgroups
+from .sandbox import Sandbox, SandboxLimits
 
 READY_PREFIX = "KCR_RUNNER_READY "
 _STDERR_TAIL = 40
@@ -51,6 +53,13 @@ class LocalBackend(PodBackend):
       is missing or cannot create namespaces.
     * ``limits`` sets the worker's rlimits; ``limits.processes`` also becomes a
       per-pod pids cgroup cap where the host allows one.
+    * ``memory_limit`` (bytes, ``None``: no cap) caps the memory of a pod's worker
+      and every process it starts, as a whole (a memory cgroup, v1 or v2; no swap
+      beyond it); ``memory_limits`` overrides it per language. When the cgroup's
+      OOM killer acts, the runner stops the kernel and the cell's ``KernelDied``
+      error says "the kernel used more than N of memory and was stopped". Where
+      no writable memory cgroup exists, :meth:`start` logs one warning and only
+      the per-process ``RLIMIT_AS`` applies.
     * ``runner_args`` are appended to the runner's command line;
       ``runner_command`` replaces ``[python, "-m", "kcr_runner"]`` (tests).
     * :meth:`close` deletes any pod still running: nothing is left behind.
@@ -70,6 +79,9 @@ class LocalBackend(PodBackend):
         bwrap: str = "bwrap",
         prlimit: str = "prlimit",
         runner_command: list[str] | None = None,
+        memory_limit: int | None = None,
+        memory_limits: dict[str, int | None] | None = None,
+        cgroups: PodCgroups | None = None,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self.pods_dir = self.root_dir / "pods"
@@ -82,7 +94,9 @@ class LocalBackend(PodBackend):
         self.sandbox = Sandbox(
             self.root_dir / "sandbox", limits=self.limits, bwrap=bwrap, prlimit=prlimit
         )
-        self.cgroups = PidsCgroup()
+        self.memory_limit = memory_limit
+        self.memory_limits = dict(memory_limits or {})
+        self.cgroups = cgroups if cgroups is not None else PodCgroups()
         self._pods: dict[str, Pod] = {}
         self._setpriv = shutil.which("setpriv")
 
@@ -93,11 +107,32 @@ class LocalBackend(PodBackend):
         if self.sandboxed:
             await asyncio.to_thread(self.sandbox.check)
             await asyncio.to_thread(self.sandbox.write_etc)
-            if self.limits.processes is not None and self.cgroups.root is None:
+            working = await asyncio.to_thread(self.cgroups.probe)
+            if self.limits.processes is not None and "pids" not in working:
                 self.log.warning(
                     "no writable pids cgroup: the worker process cap relies on RLIMIT_NPROC, "
                     "which the kernel does not enforce when the gateway runs as root"
                 )
+                self.cgroups.roots.pop("pids", None)
+            capped = {lang: m for lang, m in self.memory_limits.items() if m}
+            if self.memory_limit or capped:
+                if "memory" not in working:
+                    self.log.warning(
+                        "no writable memory cgroup (cgroup v%s): the per-kernel memory cap "
+                        "is NOT enforced; each kernel process is only limited by RLIMIT_AS (%s)",
+                        self.cgroups.version,
+                        format_bytes(self.limits.address_space)
+                        if self.limits.address_space
+                        else "none",
+                    )
+                    self.cgroups.roots.pop("memory", None)
+                else:
+                    self.log.info(
+                        "per-kernel memory cap: %s (cgroup v%s)%s",
+                        format_bytes(self.memory_limit) if self.memory_limit else "none",
+                        self.cgroups.version,
+                        "".join(f", {k}: {format_bytes(v)}" for k, v in sorted(capped.items())),
+                    )
         else:
             self.log.warning(
                 "pods are NOT sandboxed (allow_unsandboxed): user code runs as %s with "
@@ -141,12 +176,19 @@ class LocalBackend(PodBackend):
             ready=ready,
         )
         prefix: list[str] = []
+        memory_args: list[str] = []
         if self.sandboxed:
-            if self.limits.processes is not None:
-                pod.meta["cgroup"] = await asyncio.to_thread(
-                    self.cgroups.create, name, self.limits.processes
-                )
-            prefix = self.sandbox.prefix(workspace, pids_cgroup=pod.meta.get("cgroup"))
+            cgroup = await asyncio.to_thread(
+                self.cgroups.create,
+                name,
+                pids_max=self.limits.processes,
+                memory_max=self.memory_for(language),
+            )
+            if cgroup is not None:
+                pod.meta["cgroup"] = cgroup
+                if cgroup.memory is not None:
+                    memory_args = ["--memory-cgroup", str(cgroup.memory)]
+            prefix = self.sandbox.prefix(workspace, cgroup=cgroup)
         cmd = [
             *self.runner_command,
             "--host",
@@ -159,6 +201,7 @@ class LocalBackend(PodBackend):
             language,
             "--worker-prefix",
             json.dumps(prefix),
+            *memory_args,
             *self.runner_args,
         ]
         if self._setpriv:
@@ -187,6 +230,12 @@ class LocalBackend(PodBackend):
         ]
         self.log.debug("pod %s: runner pid %s", name, proc.pid)
         return pod
+
+    def memory_for(self, language: str) -> int | None:
+        """The memory cap of ``language``'s pods in bytes (``None``: no cap)."""
+        if language in self.memory_limits:
+            return self.memory_limits[language]
+        return self.memory_limit
 
     async def _read_stdout(self, pod: Pod, proc: asyncio.subprocess.Process) -> None:
         ready: asyncio.Future = pod.meta["ready"]
@@ -278,9 +327,9 @@ class LocalBackend(PodBackend):
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        cgroup = pod.meta.get("cgroup")
+        cgroup: PodCgroup | None = pod.meta.get("cgroup")
         if cgroup is not None:
-            await asyncio.to_thread(PidsCgroup.kill_all, cgroup)
+            await asyncio.to_thread(cgroup.kill_all)
         if proc is not None:
             try:
                 await asyncio.wait_for(proc.wait(), _EXIT_WAIT)  # reap: no zombies
@@ -305,23 +354,21 @@ class LocalBackend(PodBackend):
         self._pods.pop(pod.name, None)
         self.log.debug("pod %s deleted", pod.name)
 
-    async def _remove_cgroup(self, cgroup: Path) -> None:
+    async def _remove_cgroup(self, cgroup: PodCgroup) -> None:
         # The sandboxed processes die asynchronously after SIGKILL; the empty
         # cgroup can only be removed once they are gone.
         for _ in range(100):
-            if await asyncio.to_thread(PidsCgroup.remove, cgroup):
+            if await asyncio.to_thread(cgroup.remove):
                 return
-            await asyncio.to_thread(PidsCgroup.kill_all, cgroup)
+            await asyncio.to_thread(cgroup.kill_all)
             await asyncio.sleep(0.02)
-        self.log.warning("could not remove pids cgroup %s (processes still in it)", cgroup)
+        self.log.warning("could not remove cgroups %s (processes still in them)", cgroup.folders)
 
     def _remove_cgroup_blocking(self, name: str) -> None:
-        if self.cgroups.root is None:
-            return
-        path = self.cgroups.root / name
+        cgroup = self.cgroups.existing(name)
         for _ in range(100):
-            PidsCgroup.kill_all(path)
-            if PidsCgroup.remove(path):
+            cgroup.kill_all()
+            if cgroup.remove():
                 return
             time.sleep(0.02)
 

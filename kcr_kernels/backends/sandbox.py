@@ -2,7 +2,8 @@
 
 The runner (the trusted supervisor) starts its worker -- the process that runs
 user code -- as ``prefix + [python, "-m", worker_module]``. :class:`Sandbox`
-builds that ``prefix``: an optional pids-cgroup join, ``prlimit`` for the
+builds that ``prefix``: an optional join of the pod's cgroups (pids and memory caps, see
+:mod:`kcr_kernels.backends.cgroups`), ``prlimit`` for the
 rlimits, then ``bwrap`` with every namespace unshared and a minimal read-only
 view of the system. See ``docs/sandbox.md`` for the full isolation model and
 what holds when the gateway runs as root.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcr_runner.languages import sandbox_read_only_paths
+
+from .cgroups import PodCgroup
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     """Resource limits for one sandboxed worker. ``None`` means "no limit".
 
-    * ``address_space`` -- RLIMIT_AS in bytes: large allocations raise
-      ``MemoryError`` in Python.
+    * ``address_space`` -- RLIMIT_AS in bytes, per process: large allocations
+      raise ``MemoryError`` in Python. The cap on the kernel as a whole (all
+      its processes) is the pod's memory cgroup, set by the local backend.
     * ``processes`` -- a cap on the number of tasks (processes + threads) the
       worker can have. Enforced by a per-pod pids cgroup when the host lets the
       gateway create one, and by RLIMIT_NPROC otherwise (which the kernel does
@@ -280,24 +284,28 @@ class Sandbox:
                 args += ["--ro-bind", d, d]
         return args
 
-    def prefix(self, workspace: Path, *, pids_cgroup: Path | None = None) -> list[str]:
+    def prefix(self, workspace: Path, *, cgroup: PodCgroup | None = None) -> list[str]:
         """The argv prefix that runs a command sandboxed in ``workspace``.
 
-        ``pids_cgroup``: a cgroup folder (with ``pids.max`` set) the worker
-        joins before anything else runs; see :class:`PidsCgroup`.
+        ``cgroup``: the pod's cgroup folders (pids and memory caps) the worker
+        joins before anything else runs; see :mod:`kcr_kernels.backends.cgroups`.
         """
         self.write_etc()
         workspace = Path(workspace).resolve()
         ro = self.read_only_binds()
         args: list[str] = []
-        if pids_cgroup is not None:
-            # The runner is trusted and unsandboxed: this host shell moves itself
-            # into the pod's pids cgroup, then execs prlimit -> bwrap -> worker.
+        if cgroup is not None and cgroup.folders:
+            # The runner is trusted and unsandboxed: this host shell moves itself into
+            # each of the pod's cgroups (one per controller on v1), then execs
+            # prlimit -> bwrap -> worker. Failing to join one stops the worker.
             args += [
                 "/bin/sh",
                 "-c",
-                'echo $$ > "$0/cgroup.procs" && exec "$@"',
-                str(pids_cgroup),
+                'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done;'
+                ' shift; exec "$@"',
+                "kcr-cgroup",
+                *(str(f) for f in cgroup.folders),
+                "--",
             ]
         limits = self.limits.prlimit_args()
         if limits:
@@ -339,80 +347,3 @@ class Sandbox:
         # writable places. Device nodes (/dev/null, ...) stay usable.
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]
         return args
-
-
-class PidsCgroup:
-    """A per-pod pids cgroup: the process cap that holds even for a root gateway.
-
-    RLIMIT_NPROC is not enforced for processes whose host uid is root, and a
-    sandbox started by a root gateway maps its uid to host root. A pids
-    cgroup caps the number of tasks regardless. :meth:`create` returns
-    ``None`` when the host does not let the gateway create one (no pids
-    controller, read-only cgroupfs, undelegated cgroup v2); the caller then
-    relies on RLIMIT_NPROC only.
-    """
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root if root is not None else self._find_root()
-
-    @staticmethod
-    def _find_root() -> Path | None:
-        try:
-            lines = Path("/proc/self/cgroup").read_text().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if "pids" in controllers.split(","):
-                base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
-                return base / "kcr" if base.is_dir() else None
-        for line in lines:
-            if line.startswith("0::"):
-                base = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
-                try:
-                    if "pids" in (base / "cgroup.subtree_control").read_text().split():
-                        return base / "kcr"
-                except OSError:
-                    return None
-        return None
-
-    def create(self, name: str, max_tasks: int) -> Path | None:
-        """Create ``<root>/<name>`` with ``pids.max = max_tasks``; ``None`` if not possible."""
-        if self.root is None:
-            return None
-        path = self.root / name
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "pids.max").write_text(str(max_tasks))
-        except OSError as e:
-            log.debug("no pids cgroup at %s: %s", path, e)
-            self.remove(path)
-            return None
-        return path
-
-    @staticmethod
-    def kill_all(path: Path) -> int:
-        """SIGKILL every process left in the cgroup; returns how many were signalled."""
-        killed = 0
-        try:
-            pids = (path / "cgroup.procs").read_text().split()
-        except OSError:
-            return 0
-        for pid in pids:
-            try:
-                os.kill(int(pid), 9)
-                killed += 1
-            except (ProcessLookupError, ValueError):
-                pass
-        return killed
-
-    @staticmethod
-    def remove(path: Path) -> bool:
-        """Remove the (empty) cgroup folder; ``False`` while processes remain."""
-        try:
-            path.rmdir()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True

@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from .files import Workspace
 from .languages import LANGUAGES, get_language
+from .memory_cap import MemoryCap
 from .server import RunnerState, make_app
 from .worker_process import WorkerProcess
 
@@ -41,7 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-output-bytes",
         type=int,
         default=10 * MiB,
-        help="stream output per cell before truncation",
+        help="output per cell (serialized content of every output event: stream, display, "
+        "execute_result, error, ...) before one truncation notice; 0: no limit",
+    )
+    parser.add_argument(
+        "--max-output-messages",
+        type=int,
+        default=100_000,
+        help="output events per cell before one truncation notice; 0: no limit",
     )
     parser.add_argument(
         "--cell-timeout",
@@ -67,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=512 * MiB,
         help="largest state snapshot / restore blob",
     )
+    parser.add_argument(
+        "--memory-cgroup",
+        default="",
+        help="the memory cgroup folder the worker runs in: an OOM kill there stops the "
+        "kernel with a 'used more than N of memory' message",
+    )
     args = parser.parse_args(argv)
     try:
         prefix = json.loads(args.worker_prefix)
@@ -89,11 +103,14 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         cwd=None if args.worker_prefix else workspace,
         env=env,
         options={
-            "max_output_bytes": args.max_output_bytes,
+            # The worker's own stream cap is a backstop: the runner's budget counts every
+            # output type and at least one byte per character, so it is always reached first.
+            "max_output_bytes": args.max_output_bytes or 1 << 62,
             "max_state_bytes": args.max_state_bytes,
         },
         line_limit=max(args.max_state_bytes, args.max_request_bytes) * 4 // 3 + 16 * MiB,
         cell_timeout=args.cell_timeout,
+        memory_cap=MemoryCap(args.memory_cgroup or None),
     )
     state = RunnerState(
         token=token,
@@ -103,6 +120,8 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         max_request_bytes=args.max_request_bytes,
         max_state_bytes=args.max_state_bytes,
         max_file_bytes=args.max_file_bytes,
+        max_output_bytes=args.max_output_bytes,
+        max_output_messages=args.max_output_messages,
         channels=set(),
     )
     worker.on_unsolicited = state.broadcast

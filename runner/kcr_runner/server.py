@@ -8,13 +8,15 @@ import hmac
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado import web, websocket
 
 from .files import PathEscapes, PathRefused, Workspace
 from .languages import LanguageSpec
+from .output_budget import OutputBudget
 from .worker_process import WorkerDied, WorkerProcess, reply_type
 from .worker_protocol import QUEUED_OPS
 
@@ -22,6 +24,10 @@ log = logging.getLogger("kcr_runner.server")
 
 #: Ops a client may send on ``/channel`` that are queued for the worker.
 CHANNEL_OPS = QUEUED_OPS - {"snapshot", "restore"}
+
+#: Bytes a ``/channel`` connection may have queued and not yet sent before the runner stops
+#: reading the worker's output (the worker then blocks on its pipe: natural back-pressure).
+CHANNEL_HIGH_WATER = 4 * 1024 * 1024
 
 
 @dataclass
@@ -36,10 +42,26 @@ class RunnerState:
     max_state_bytes: int
     channels: set[ChannelHandler]
     max_file_bytes: int = 0  # 0: uploads are bounded by the pod's disk only
+    max_output_bytes: int = 10 * 1024 * 1024  # per cell, every output type (0: no limit)
+    max_output_messages: int = 100_000  # per cell (0: no limit)
+    #: The budget of output sent between cells (``"id": null``), renewed by every execute.
+    between_cells: OutputBudget = field(init=False)
 
-    def broadcast(self, event: str, content: dict[str, Any]) -> None:
-        for channel in list(self.channels):
-            channel.send({"id": None, "event": event, "content": content})
+    def __post_init__(self) -> None:
+        self.between_cells = self.new_budget()
+
+    def new_budget(self) -> OutputBudget:
+        return OutputBudget(self.max_output_bytes, self.max_output_messages)
+
+    def broadcast(self, event: str, content: dict[str, Any]) -> Awaitable[None] | None:
+        """Send an event not caused by a request to every connection (within the budget);
+        returns an awaitable while a connection's send buffer is full."""
+        channels = list(self.channels)
+        for name, content_json in self.between_cells.admit(event, content):
+            for channel in channels:
+                channel.send_event(None, name, content_json)
+        waits = [w for w in (channel.drained() for channel in channels) if w is not None]
+        return asyncio.gather(*waits) if waits else None
 
 
 def _authorized(handler: web.RequestHandler, token: str) -> bool:
@@ -352,6 +374,8 @@ class ChannelHandler(websocket.WebSocketHandler):
     def initialize(self, state: RunnerState) -> None:
         self.state = state
         self._executes: dict[Any, str] = {}
+        self._unsent = 0  # bytes handed to tornado and not yet written to the socket
+        self._last_write: asyncio.Future | None = None
 
     def prepare(self) -> None:
         if not _authorized(self, self.state.token):
@@ -371,10 +395,37 @@ class ChannelHandler(websocket.WebSocketHandler):
         self.state.channels.discard(self)
 
     def send(self, frame: dict[str, Any]) -> None:
+        self.send_text(json.dumps(frame))
+
+    def send_event(self, request_id: Any, event: str, content_json: str) -> None:
+        """Send an event frame whose content is already JSON text (measured by the budget)."""
+        self.send_text(
+            f'{{"id": {json.dumps(request_id)}, "event": {json.dumps(event)}, '
+            f'"content": {content_json}}}'
+        )
+
+    def send_text(self, text: str) -> None:
+        """Queue one frame; its bytes count as unsent until tornado has written them."""
         try:
-            self.write_message(json.dumps(frame))
+            sent = self.write_message(text)
         except websocket.WebSocketClosedError:
-            pass
+            return
+        size = len(text)
+        self._unsent += size
+        self._last_write = sent
+        sent.add_done_callback(lambda f: self._written(f, size))
+
+    def _written(self, future: asyncio.Future, size: int) -> None:
+        self._unsent -= size
+        if not future.cancelled():
+            future.exception()  # a closed socket: nothing to do, on_close cleans up
+
+    def drained(self) -> Awaitable[None] | None:
+        """``None`` while little is queued; else an awaitable that ends once everything
+        queued so far is written (or the connection closed)."""
+        if self._unsent <= CHANNEL_HIGH_WATER or self._last_write is None:
+            return None
+        return asyncio.wait([self._last_write])
 
     def protocol_error(self, request_id: Any, reason: str, message: str) -> None:
         content = {"reason": reason, "message": message}
@@ -438,13 +489,17 @@ class ChannelHandler(websocket.WebSocketHandler):
         worker = self.state.worker
         worker_id = worker.new_id()
         seen: dict[str, Any] = {}
+        budget = self.state.new_budget()
         if op == "execute":
             self._executes[request_id] = worker_id
 
-        def on_event(event: str, event_content: dict[str, Any]) -> None:
+        def on_event(event: str, event_content: dict[str, Any]) -> Awaitable[None] | None:
             if event == "execute_input":
                 seen["execution_count"] = event_content.get("execution_count")
-            self.send({"id": request_id, "event": event, "content": event_content})
+                self.state.between_cells.reset()
+            for name, content_json in budget.admit(event, event_content):
+                self.send_event(request_id, name, content_json)
+            return self.drained()
 
         try:
             msg_type, reply = await worker.request(worker_id, op, content, on_event)

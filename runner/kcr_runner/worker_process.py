@@ -12,15 +12,25 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .memory_cap import MemoryCap
 from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+#: Called with (event, content) for each event. It may return an awaitable: the runner then
+#: reads nothing more from the worker until it is done (back-pressure: the worker blocks).
+EventCallback = Callable[[str, dict[str, Any]], Awaitable[Any] | None]
+
+#: How much of the worker's output the runner reads ahead: asyncio stops reading the pipe once
+#: twice this is buffered, so a worker whose output is not consumed blocks on its next write.
+READ_AHEAD = 1024 * 1024
+
+#: Seconds between two looks at the memory cgroup's OOM counter while the worker lives.
+OOM_POLL_SECONDS = 0.25
 
 
 class WorkerDied(Exception):
@@ -39,6 +49,12 @@ class WorkerProcess:
     ``request()`` calls are processed one at a time in arrival order (an ``asyncio.Lock`` is
     FIFO); ``interrupt()``, ``send_input()`` and ``control()`` bypass the queue. Events whose
     id is null (output not caused by a request) go to ``on_unsolicited``.
+
+    ``memory_cap``: the pod's memory cgroup. When its OOM killer acts (on the worker or on
+    any process the worker started), the whole worker is stopped and every request -- the
+    one that was running included, even if its reply already came -- fails with
+    :class:`WorkerDied` whose text is :meth:`MemoryCap.message`. Without an OOM kill in the
+    cgroup that message is never given.
     """
 
     def __init__(
@@ -50,8 +66,11 @@ class WorkerProcess:
         options: dict[str, Any],
         line_limit: int,
         cell_timeout: float | None = None,
+        memory_cap: MemoryCap | None = None,
     ):
         self.argv = argv
+        self.memory_cap = memory_cap or MemoryCap(None)
+        self._oom_watch: asyncio.Task | None = None
         self.cwd = cwd
         self.env = env
         self.options = options
@@ -84,6 +103,7 @@ class WorkerProcess:
         """Start the worker and wait for its ``ready`` message (or its death)."""
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        await asyncio.to_thread(self.memory_cap.arm)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -91,7 +111,7 @@ class WorkerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
                 env=self.env,
-                limit=self.line_limit,
+                limit=READ_AHEAD,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -100,6 +120,8 @@ class WorkerProcess:
             return
         self._alive = True
         self._reader = asyncio.create_task(self._read_loop())
+        if self.memory_cap.cgroup is not None:
+            self._oom_watch = asyncio.create_task(self._watch_memory())
         await self._write({"type": "configure", **self.options})
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), ready_timeout)
@@ -130,7 +152,10 @@ class WorkerProcess:
                 await self._write(
                     {"type": "request", "id": request_id, "op": op, "content": content}
                 )
-                return await future
+                result = await future
+                if await self._stop_if_out_of_memory():
+                    raise WorkerDied(self.detail)
+                return result
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -181,7 +206,7 @@ class WorkerProcess:
         try:
             while True:
                 try:
-                    line = await stdout.readline()
+                    line = await read_line(stdout, self.line_limit)
                 except ValueError:  # one line over the limit: protocol violation
                     log.error("worker sent a message over %d bytes; stopping it", self.line_limit)
                     await self.kill()
@@ -192,22 +217,24 @@ class WorkerProcess:
                     message = decode(line)
                     if message.get("binary"):
                         message["content"]["blob"] = await stdout.readexactly(message.pop("binary"))
-                    self._dispatch(message)
+                    wait = self._dispatch(message)
+                    if wait is not None:
+                        await wait
                 except Exception:
                     log.exception("bad message from the worker: %r", line[:200])
         finally:
             await self._record_death()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> Awaitable[Any] | None:
         kind = message.get("type")
         request_id = message.get("id")
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
             if pending is not None and pending.on_event is not None:
-                pending.on_event(event, content)
-            elif request_id is None:
-                self.on_unsolicited(event, content)
+                return pending.on_event(event, content)
+            if request_id is None:
+                return self.on_unsolicited(event, content)
         elif kind == "reply":
             pending = self._pending.get(request_id)
             if pending is not None and not pending.future.done():
@@ -217,6 +244,28 @@ class WorkerProcess:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
 
+    async def _stop_if_out_of_memory(self) -> bool:
+        """Stop the worker and its children if the memory cgroup OOM-killed anything."""
+        cap = self.memory_cap
+        # Two small reads of cgroupfs (kernel memory, never disk): cheaper inline than a
+        # thread hop on every reply.
+        if cap.cgroup is None or not cap.tripped():
+            return False
+        if not self.detail:
+            self.detail = cap.message()
+            log.error("memory cgroup %s: OOM kill; stopping the worker", cap.cgroup)
+        await self.kill()
+        await asyncio.to_thread(cap.kill_all)
+        return True
+
+    async def _watch_memory(self) -> None:
+        # A cell may outlive an OOM kill of one of its subprocesses: stop the kernel then,
+        # not only when the cell ends.
+        while self._alive:
+            if await self._stop_if_out_of_memory():
+                return
+            await asyncio.sleep(OOM_POLL_SECONDS)
+
     async def _record_death(self) -> None:
         assert self.proc is not None
         try:
@@ -225,6 +274,11 @@ class WorkerProcess:
             await self.kill()
             code = await self.proc.wait()
         self._alive = False
+        if self._oom_watch is not None:
+            self._oom_watch.cancel()
+        if not self.detail and await asyncio.to_thread(self.memory_cap.tripped):
+            self.detail = self.memory_cap.message()
+            await asyncio.to_thread(self.memory_cap.kill_all)
         if not self.detail:
             self.detail = describe_exit(code)
         log.error("worker stopped: %s", self.detail)
@@ -247,6 +301,30 @@ class WorkerProcess:
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)
+
+
+async def read_line(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """One line (with its newline; at EOF what is left, maybe ``b""``) of up to ``limit``
+    bytes, read in pieces so that the stream's own, small limit only bounds read-ahead.
+    Raises ``ValueError`` for a longer line."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            part = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # EOF
+            part = exc.partial
+        except asyncio.LimitOverrunError as exc:  # no newline within the read-ahead yet
+            part = await stream.readexactly(exc.consumed)
+            size += len(part)
+            if size > limit:
+                raise ValueError(f"a line over {limit} bytes") from None
+            parts.append(part)
+            continue
+        if size + len(part) > limit:
+            raise ValueError(f"a line over {limit} bytes")
+        parts.append(part)
+        return b"".join(parts)
 
 
 def describe_exit(code: int) -> str:

@@ -13,7 +13,9 @@ every pod has its own IP and the runner listens on the container port).
 A runner that exits on its own turns the pod ``Failed`` (restartPolicy Never);
 a deleted pod's runner is killed and its workspace removed.
 
-Test controls: :meth:`kill_runner` (a crash inside the pod), :meth:`running`.
+Test controls: :meth:`kill_runner` (a crash inside the pod), :meth:`oom_kill` (the
+container went over its memory limit: killed, then reported ``OOMKilled`` with exit code
+137, in that order, as a real kubelet does), :meth:`running`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class FakeKubelet:
                     raise
         self._procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self._deleted: set[tuple[str, str]] = set()
+        self._oom: set[tuple[str, str]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -116,6 +119,11 @@ class FakeKubelet:
                     os.killpg(proc.pid, signal.SIGKILL)
 
         asyncio.run_coroutine_threadsafe(kill(), self._loop).result(10)
+
+    def oom_kill(self, namespace: str, name: str) -> None:
+        """Kill a pod's container as the kernel's OOM killer does at the memory limit."""
+        self._loop.call_soon_threadsafe(self._oom.add, (namespace, name))
+        self.kill_runner(namespace, name)
 
     # -- reacting to the API server ----------------------------------------------------
 
@@ -184,7 +192,10 @@ class FakeKubelet:
             await proc.stdout.read()  # drain until exit
         code = await proc.wait()
         if key not in self._deleted:
-            self.api.update_pod(namespace, name, lambda p: _mark_failed(p, code))
+            reason = "OOMKilled" if key in self._oom else "Error"
+            if reason == "OOMKilled":
+                code = 137
+            self.api.update_pod(namespace, name, lambda p: _mark_failed(p, code, reason))
 
     async def _kill(self, key: tuple[str, str]) -> None:
         proc = self._procs.get(key)
@@ -225,7 +236,7 @@ def _mark_running(pod: dict, port: int) -> None:
     )
 
 
-def _mark_failed(pod: dict, code: int) -> None:
+def _mark_failed(pod: dict, code: int, reason: str = "Error") -> None:
     container = pod["spec"]["containers"][0]
     now = _now()
     pod["status"].update(
@@ -238,7 +249,7 @@ def _mark_failed(pod: dict, code: int) -> None:
                 "imageID": "",
                 "ready": False,
                 "restartCount": 0,
-                "state": {"terminated": {"exitCode": code, "reason": "Error", "finishedAt": now}},
+                "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now}},
             }
         ],
     )

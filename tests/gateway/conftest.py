@@ -15,8 +15,11 @@ from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 
-async def start_gateway(tmp_path, manager: dict | None = None, **traits) -> KCRGateway:
-    """A gateway on 127.0.0.1:<free port>; ``manager`` sets KCRKernelManager traits."""
+async def start_gateway(
+    tmp_path, manager: dict | None = None, classes: dict | None = None, **traits
+) -> KCRGateway:
+    """A gateway on 127.0.0.1:<free port>; ``manager`` sets KCRKernelManager traits,
+    ``classes`` other classes' (``{"KCRIdentityProvider": {"token_file": ...}}``)."""
     config = Config()
     config.KCRGateway.port = 0
     config.KCRGateway.data_dir = str(tmp_path / "kcr")
@@ -25,6 +28,9 @@ async def start_gateway(tmp_path, manager: dict | None = None, **traits) -> KCRG
         setattr(config.KCRGateway, name, value)
     for name, value in (manager or {}).items():
         setattr(config.KCRKernelManager, name, value)
+    for class_name, class_traits in (classes or {}).items():
+        for name, value in class_traits.items():
+            setattr(config[class_name], name, value)
     app = KCRGateway(config=config)
     await app.start_async()
     await app.pool.wait_warm(60)

@@ -47,3 +47,79 @@ def test_kubernetes_backend_without_settings(tmp_path):
     assert r.returncode == 1
     assert "KCR_CONFIG_FILE" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_help_all_lists_the_kernel_options_by_their_class(tmp_path):
+    r = run_gateway(tmp_path, "--help-all")
+    assert r.returncode == 0, r.stderr
+    for option in (
+        "--KCRKernelManager.start_timeout",
+        "--KCRKernelManager.default_kernel_name",
+        "--KCRLeaseKeeper.lease_ttl",
+        "--KCRCheckpointer.checkpoint_delay",
+        "--KCRCuller.cull_idle_timeout",
+        "--KCRCuller.max_hibernation_age",
+    ):
+        assert option in r.stdout, option
+
+
+def _components(tmp_path, argv: list[str]):
+    from kcr_gateway.app import KCRGateway
+
+    app = KCRGateway()
+    app.initialize(["--data-dir", str(tmp_path), "--allow-unsandboxed", *argv])
+    app.init_components()
+    return app
+
+
+def test_kernel_manager_options_are_not_overridden_by_the_gateway(tmp_path):
+    km = _components(
+        tmp_path,
+        [
+            "--KCRGateway.pod_start_timeout=12",
+            "--KCRKernelManager.start_timeout=7",
+            "--KCRKernelManager.default_kernel_name=kcr-bash",
+        ],
+    ).kernel_manager
+    assert km.start_timeout == 7
+    assert km.default_kernel_name == "kcr-bash"
+    km = _components(
+        tmp_path, ["--KCRGateway.pod_start_timeout=12", "--KCRGateway.default_kernel_name=kcr-r"]
+    ).kernel_manager
+    assert km.start_timeout == 12  # the pool's, by default
+    assert km.default_kernel_name == "kcr-r"
+
+
+def test_moved_options_keep_their_old_spelling_and_the_new_one_wins(tmp_path):
+    km = _components(
+        tmp_path,
+        [
+            "--KCRKernelManager.cull_idle_timeout=5",
+            "--KCRKernelManager.cull_action=shutdown",
+            "--KCRKernelManager.lease_ttl=4",
+            "--KCRKernelManager.checkpoint_delay=0.5",
+            "--KCRKernelManager.owner=replica-a",
+            "--KCRKernelManager.cull_interval=9",
+            "--KCRCuller.cull_interval=3",
+        ],
+    ).kernel_manager
+    assert km.culler.cull_idle_timeout == 5
+    assert km.culler.cull_action == "shutdown"
+    assert km.culler.cull_interval == 3
+    assert km.leases.lease_ttl == 4
+    assert km.owner == "replica-a"
+    assert km.checkpointer.checkpoint_delay == 0.5
+
+
+def test_kernel_ownership_without_identities(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", "--kernel-ownership")
+    assert r.returncode == 1
+    assert "kernel_ownership needs identities" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_token_file(tmp_path):
+    r = run_gateway(tmp_path, "--port=0", f"--token-file={tmp_path / 'nope.txt'}")
+    assert r.returncode == 1
+    assert "cannot read the token file" in r.stderr and "No such file" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -158,7 +158,7 @@ async def test_wrong_types_in_every_header_field(base, kernels):
         msg_id = m["header"].get("msg_id")
         if field == "msg_id":
             continue  # no reply can be addressed: dropped
-        reply_type = "execute_reply" if field != "msg_type" else "error"
+        reply_type = "execute_reply" if field != "msg_type" else "error_reply"
         assert_bad_message(replies[msg_id], f"header.{field}", reply_type)
     await assert_alive(base, kernel_id, control)
 

@@ -52,7 +52,7 @@ async def test_delete_leaves_no_sandbox_process(make_backend):
     )
     assert (await pgrep.communicate())[0] == b""
     if cgroup is not None:
-        assert not cgroup.exists()
+        assert not any(folder.exists() for folder in cgroup.folders)
 
 
 async def test_runner_crash_is_a_clear_error(make_backend):
@@ -142,7 +142,8 @@ GATEWAY = textwrap.dedent(
         await backend.start()
         pod = await backend.wait_ready(await backend.create("python"), 30)
         print(json.dumps({"runner": pod.meta["process"].pid,
-                          "cgroup": str(pod.meta.get("cgroup") or "")}), flush=True)
+                          "cgroups": [str(f) for f in pod.meta["cgroup"].folders]
+                                     if pod.meta.get("cgroup") else []}), flush=True)
         await asyncio.sleep(3600)
 
     asyncio.run(main())
@@ -165,12 +166,12 @@ async def test_runners_die_with_a_killed_gateway(tmp_path, sandboxed):
     gateway.send_signal(signal.SIGKILL)
     await gateway.wait()
     await until(lambda: not Path(f"/proc/{info['runner']}").exists())
-    if info["cgroup"]:
-        procs = Path(info["cgroup"]) / "cgroup.procs"
-        await until(lambda: not procs.exists() or procs.read_text() == "")
+    for folder in info["cgroups"]:
+        procs = Path(folder) / "cgroup.procs"
+        await until(lambda procs=procs: not procs.exists() or procs.read_text() == "")
     # The next gateway on the same data dir removes what is left.
     backend = LocalBackend(tmp_path / "gw", sandbox=False)
     await backend.start()
     assert list((tmp_path / "gw" / "pods").iterdir()) == []
-    if info["cgroup"]:
-        assert not os.path.isdir(info["cgroup"])  # noqa: ASYNC240
+    for folder in info["cgroups"]:
+        assert not os.path.isdir(folder)  # noqa: ASYNC240
