@@ -211,12 +211,18 @@ class GatewayKernel:
 
     def handle_raw(self, channel: str, idents: list[bytes], parts: list[bytes]) -> None:
         header = json.loads(parts[0])
+        if not isinstance(header, dict):
+            log.warning("dropped a %s message whose header is not an object", channel)
+            return
         msg_type = header.get("msg_type", "")
         if channel == "control" and msg_type == "shutdown_request":
             asyncio.ensure_future(self._shutdown(idents, header, parts[3]))
             return
-        if channel in ("shell", "control") and msg_type.endswith("_request"):
-            self._pending[header.get("msg_id", "")] = (channel, idents, header)
+        # The gateway answers requests, and a bad msg_type with a BadMessage error.
+        answered = not isinstance(msg_type, str) or msg_type.endswith("_request")
+        msg_id = header.get("msg_id")
+        if channel in ("shell", "control") and answered and isinstance(msg_id, str):
+            self._pending[msg_id] = (channel, idents, header)
         self._write(serialize_msg_to_ws_v1(parts, channel))
 
     def _write(self, frame: bytes) -> None:

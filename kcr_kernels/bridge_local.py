@@ -19,6 +19,7 @@ from .backends.base import Pod
 from .backends.local import LocalBackend
 from .backends.sandbox import SandboxUnavailable
 from .bridge_zmq import KernelSockets
+from .message_validation import BadMessage, error_reply, validate
 from .runner_client import RunnerClient
 from .session import KernelSession
 
@@ -116,7 +117,18 @@ class LocalKernel:
 
     def handle(self, channel: str, idents: list[bytes], msg: dict) -> None:
         msg["channel"] = channel
-        self.session.handle(_ClientRoute(self.sockets, idents), msg)
+        route = _ClientRoute(self.sockets, idents)
+        try:
+            validate(msg)
+        except BadMessage as e:  # answered like the gateway does, or dropped
+            reply = error_reply(msg, e.ename, str(e))
+            print(f"[kcr] refused a {channel} message: {e}", file=sys.stderr)
+            if reply is not None:
+                self.session.reply(
+                    route, reply.channel, reply.msg_type, reply.content, reply.parent
+                )
+            return
+        self.session.handle(route, msg)
 
     async def interrupt(self) -> None:
         result = await self.session.interrupt()

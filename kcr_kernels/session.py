@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from jupyter_client.session import Session
 
 from .runner_client import RunnerClient, RunnerError, RunnerGone
+from .shell_queue import ShellQueue
 
 log = logging.getLogger("kcr.session")
 
@@ -105,7 +106,7 @@ class KernelSession:
         self.before_request = before_request
         self.after_execute = after_execute
         self.explain_loss = explain_loss
-        self._queue: asyncio.Queue[tuple[KernelListener, dict]] = asyncio.Queue()
+        self._queue = ShellQueue()
         self._worker: asyncio.Task | None = None
         self._current: tuple[KernelListener, dict, str] | None = None  # listener, msg, runner id
         self._active: dict | None = None  # the shell request being handled (busy was published)
@@ -162,6 +163,11 @@ class KernelSession:
             self.open_comms[comm_id] = str(content.get("target_name", ""))
         elif msg_type == "comm_close":
             self.open_comms.pop(comm_id, None)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Shell requests waiting (not yet started): how many, and their wire bytes."""
+        return self._queue.qsize(), self._queue.bytes
 
     @property
     def idle(self) -> bool:
@@ -276,8 +282,11 @@ class KernelSession:
 
     # -- messages in ----------------------------------------------------------
 
-    def handle(self, listener: KernelListener, msg: dict) -> None:
-        """Take one client message; never raises."""
+    def handle(self, listener: KernelListener, msg: dict, size: int = 0) -> None:
+        """Take one client message (``size``: its wire bytes, for :attr:`queued`); never raises.
+
+        ``msg`` should have passed :func:`kcr_kernels.message_validation.validate`.
+        """
         channel = msg.get("channel") or "shell"
         msg_type = (msg.get("header") or {}).get("msg_type") or msg.get("msg_type")
         if not msg_type:
@@ -291,7 +300,7 @@ class KernelSession:
         elif channel == "stdin":
             asyncio.ensure_future(self._handle_stdin(msg))
         else:
-            self._queue.put_nowait((listener, msg))
+            self._queue.put_nowait((listener, msg, size))
             # A session that never had a runner (a kernel adopted from the registry after a
             # gateway restart) runs its queue too: before_request puts it on a pod.
             self._ensure_shell_loop()
@@ -441,13 +450,16 @@ class KernelSession:
                 await self._handle_shell(listener, msg)
             except Exception as e:  # a bug must not stop the kernel's queue
                 log.exception("kernel %s: %s failed", self.kernel_id, parent.get("msg_type"))
-                self.reply(
-                    listener,
-                    "shell",
-                    _reply_type(parent.get("msg_type")),
-                    _error_content(type(e).__name__, str(e)),
-                    parent,
-                )
+                try:
+                    self.reply(
+                        listener,
+                        "shell",
+                        _reply_type(parent.get("msg_type")),
+                        _error_content(type(e).__name__, str(e)),
+                        parent,
+                    )
+                except Exception:  # nor can a reply that cannot be built
+                    log.exception("kernel %s: no error reply possible", self.kernel_id)
             finally:
                 self._current = None
                 self._active = None

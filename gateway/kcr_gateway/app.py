@@ -111,6 +111,12 @@ class KCRGateway(JupyterApp):
     allow_origin_pat = Unicode("", config=True, help="Regex of allowed CORS origins.")
     allow_credentials = Bool(False, config=True, help="Set Access-Control-Allow-Credentials.")
     authenticate_prometheus = Bool(True, config=True, help="Require the token for /metrics.")
+    websocket_max_message_size = Integer(
+        10 * 1024 * 1024,
+        config=True,
+        help="Largest WebSocket message a client may send, in bytes; a larger one is closed "
+        "with code 1009 before it is read. Other incoming limits: KCRWebsocketConnection.",
+    )
 
     # -- kernels ----------------------------------------------------------------
     list_kernels = Bool(True, config=True, help="Allow GET /api/kernels.")
@@ -420,6 +426,8 @@ class KCRGateway(JupyterApp):
             cookie_secret=os.urandom(32),
             authenticate_prometheus=self.authenticate_prometheus,
             websocket_ping_interval=30,
+            websocket_max_message_size=self.websocket_max_message_size,
+            config=self.config,  # KCRWebsocketConnection's limits
             kcr_app=self,
             kcr_pool=self.pool,
             kcr_workspace_sync=self.workspace_sync,

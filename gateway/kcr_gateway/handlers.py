@@ -8,6 +8,7 @@ Gateway. Errors are JSON ``{"reason", "message"}`` everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -168,6 +169,12 @@ class KernelChannelsHandler(KernelWebsocketHandler):
     async def get(self, kernel_id):
         await self.kernel_manager.adopt(kernel_id)
         await super().get(kernel_id)
+
+    async def on_message(self, ws_message):
+        """One frame per event-loop turn: tornado waits for this before reading the next
+        frame, so a client's burst cannot stall other clients (or grow buffers here)."""
+        self.connection.handle_incoming_message(ws_message)
+        await asyncio.sleep(0)
 
 
 class APIVersionHandler(APIHandler):

@@ -19,17 +19,21 @@ from collections.abc import Awaitable
 from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.base import (
     BaseKernelWebsocketConnection,
-    deserialize_binary_message,
-    deserialize_msg_from_ws_v1,
     serialize_binary_message,
     serialize_msg_to_ws_v1,
 )
 from tornado.websocket import WebSocketClosedError
 from traitlets import Float, Integer
 
+from kcr_kernels.message_validation import BadMessage, error_reply, validate
+
 from .send_buffer import SendBuffer
+from .ws_frames import FrameError, decode
+from .ws_limits import FrameRate, RejectLog
 
 log = logging.getLogger("kcr.gateway.ws")
+
+POLICY = 1008  # WebSocket close code: the client broke a limit
 
 V1 = "v1.kernel.websocket.jupyter.org"
 MiB = 1024 * 1024
@@ -44,12 +48,28 @@ def _dumps(obj) -> bytes:
 class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     """One client WebSocket attached to one kernel (a listener of its session).
 
-    Contract: every frame the client sends becomes one call to
+    Contract: every frame the client sends is decoded with its sizes checked
+    first (:mod:`.ws_frames`), its message type-checked
+    (:mod:`kcr_kernels.message_validation`), and only then becomes one call to
     :meth:`KernelSession.handle`; every message the session sends to this
-    listener is written in the wire format the client negotiated. A frame
-    that cannot be parsed is logged and dropped; it never closes the socket
-    or touches the kernel. Writing to a socket that already closed is a
-    no-op.
+    listener is written in the wire format the client negotiated. Writing to
+    a socket that already closed is a no-op.
+
+    Incoming limits (each rejection is logged, see :class:`.ws_limits.RejectLog`):
+
+    * a frame that cannot be decoded closes the socket: 1003 (a text frame on
+      v1) or 1007 (bad offsets, counts or JSON), with the reason;
+    * a frame over ``websocket_max_message_size`` is closed with 1009 by
+      tornado before it is buffered;
+    * a message with a bad field gets a ``BadMessage`` error reply when it
+      can be addressed (:func:`~kcr_kernels.message_validation.error_reply`),
+      else it is dropped; the socket stays open;
+    * more than ``max_connections_per_kernel`` sockets on one kernel, or
+      frames faster than ``max_frames_per_second`` (after a burst of
+      ``frame_burst``), close the socket with 1008 and the limit in the reason;
+    * a shell request while the kernel already has ``max_queued_requests``
+      requests or ``max_queued_bytes`` waiting gets a ``KernelQueueFull``
+      error reply (or is dropped when it cannot be addressed).
 
     Output is bounded per connection (:class:`SendBuffer`): while this client has more than
     ``max_buffer_bytes`` of output unread, the session stops reading the kernel's output
@@ -58,6 +78,36 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     disconnected with close code 1008 "client too slow: N MiB of output unread". The kernel
     keeps running and its other clients keep getting its output.
     """
+
+    max_connections_per_kernel = Integer(
+        64,
+        config=True,
+        help="Most WebSockets open on one kernel; one more is closed with code 1008 (0: any).",
+    )
+    max_frames_per_second = Float(
+        1000.0,
+        config=True,
+        help="Sustained frames per second one WebSocket may send; a faster client is "
+        "closed with code 1008 once frame_burst is used up (0: no limit).",
+    )
+    frame_burst = Integer(
+        5000, config=True, help="Frames a WebSocket may send at once above max_frames_per_second."
+    )
+    max_queued_requests = Integer(
+        2000,
+        config=True,
+        help="Most shell requests waiting on one kernel; more get a KernelQueueFull error "
+        "reply (0: any).",
+    )
+    max_queued_bytes = Integer(
+        64 * 1024 * 1024,
+        config=True,
+        help="Most bytes of shell requests waiting on one kernel; more get a KernelQueueFull "
+        "error reply (0: any).",
+    )
+
+    _closing = False  # set once this side closed the socket: later frames are ignored
+    _rejected: RejectLog | None = None  # set by connect()
 
     max_buffer_bytes = Integer(
         4 * MiB,
@@ -89,6 +139,13 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         handler = self.websocket_handler
         handler.set_nodelay(True)
         kernel = self.kernel
+        self._rejected = RejectLog(log, f"kernel {kernel.kernel_id}: ")
+        self._rate = FrameRate(self.max_frames_per_second, self.frame_burst)
+        self._closing = False
+        cap = self.max_connections_per_kernel
+        if cap and kernel.connections >= cap:
+            self._close(POLICY, f"kernel has {kernel.connections} WebSockets open (limit {cap})")
+            return
         kernel.session.add_listener(self)
         kernel.session.welcome(self)
         kernel.connections += 1
@@ -99,38 +156,80 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         if self in kernel.session.listeners:
             kernel.session.remove_listener(self)
             kernel.connections = max(0, kernel.connections - 1)
+        if self._rejected is not None:
+            self._rejected.summary()
+
+    # -- incoming (limits, decoding, validation) ---------------------------------
 
     def handle_incoming_message(self, incoming_msg) -> None:
+        """One client frame → at most one :meth:`KernelSession.handle` call; never raises."""
+        if self._closing:
+            return
         try:
-            msg = self._parse(incoming_msg)
-        except Exception as e:
-            log.warning("kernel %s: dropped a malformed frame: %s", self.kernel.kernel_id, e)
-            return
-        if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
-            log.warning("kernel %s: dropped a frame without a header", self.kernel.kernel_id)
-            return
-        self.kernel.session.handle(self, msg)
+            self._take(incoming_msg)
+        except Exception:  # a bug here must not leave the socket half-handled
+            log.exception("kernel %s: a frame could not be handled", self.kernel.kernel_id)
+            self._close(1011, "the gateway could not handle this frame")
 
-    def _parse(self, frame) -> dict:
-        if self.v1:
-            if isinstance(frame, str):
-                frame = frame.encode()
-            channel, parts = deserialize_msg_from_ws_v1(frame)
-            header, parent, metadata, content = (json.loads(p) for p in parts[:4])
-            return {
-                "header": header,
-                "parent_header": parent,
-                "metadata": metadata,
-                "content": content,
-                "channel": channel,
-                "buffers": parts[4:],
-            }
-        if isinstance(frame, bytes):
-            return deserialize_binary_message(frame)
-        msg = json.loads(frame)
-        if isinstance(msg, dict):
-            msg.setdefault("channel", "shell")
-        return msg
+    def _take(self, incoming_msg) -> None:
+        if not self._rate.take():
+            self._close(POLICY, f"more than {self.max_frames_per_second:g} frames per second")
+            return
+        try:
+            msg = decode(incoming_msg, self.v1)
+        except FrameError as e:
+            self._close(e.code, e.reason)
+            return
+        kernel_id = self.kernel.kernel_id
+        try:
+            validate(msg, kernel_id)
+        except BadMessage as e:
+            self._answer_error(msg, e.ename, str(e))
+            return
+        if self._queue_full(msg, len(incoming_msg)):
+            return
+        self.kernel.session.handle(self, msg, size=len(incoming_msg))
+
+    def _queue_full(self, msg: dict, size: int) -> bool:
+        """True (and the request answered) when the kernel's shell queue is at its limit."""
+        msg_type = msg["header"]["msg_type"]
+        if msg["channel"] != "shell" or msg_type in ("kernel_info_request", "interrupt_request"):
+            return False  # answered at once, never queued
+        count, queued_bytes = self.kernel.session.queued
+        too_many = self.max_queued_requests and count >= self.max_queued_requests
+        too_big = self.max_queued_bytes and queued_bytes + size > self.max_queued_bytes
+        if not (too_many or too_big):
+            return False
+        evalue = (
+            f"the kernel already has {count} requests ({queued_bytes} bytes) waiting "
+            f"(limits: {self.max_queued_requests} requests, {self.max_queued_bytes} bytes); "
+            "wait for replies before sending more"
+        )
+        self._answer_error(msg, "KernelQueueFull", evalue)
+        return True
+
+    def _answer_error(self, msg, ename: str, evalue: str) -> None:
+        """Answer ``msg`` with an error reply, or drop it; log it either way."""
+        reply = error_reply(msg, ename, evalue)
+        if reply is None:
+            self._rejected("dropped a message (no reply can be addressed): %s: %s", ename, evalue)
+            return
+        self._rejected("refused %s: %s: %s", reply.parent.get("msg_type", "?"), ename, evalue)
+        session = self.kernel.session
+        idle = session.idle  # like a control request: a status pair only while nothing runs
+        if idle:
+            session.publish("status", {"execution_state": "busy"}, reply.parent)
+        session.reply(self, reply.channel, reply.msg_type, reply.content, reply.parent)
+        if idle:
+            session.publish("status", {"execution_state": "idle"}, reply.parent)
+
+    def _close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` and ``reason``; later frames are ignored."""
+        self._closing = True
+        self._rejected("closed a WebSocket (%d): %s", code, reason)
+        handler = self.websocket_handler
+        if handler is not None and handler.ws_connection is not None:
+            handler.close(code, reason)
 
     # KernelListener
     def send(self, channel: str, msg: dict) -> None:

@@ -195,10 +195,14 @@ async def test_shutdown_request_with_restart_over_control(kernel):
 
 
 async def test_bad_frames_do_not_hurt_the_kernel_or_gateway(kernel, base_url):
-    await kernel.ws.write_message("{not json")
+    for frame in ("{not json", b"\x00\x01binary garbage"):  # close the socket (1007)
+        bad = await WSKernelClient.connect(base_url, kernel.kernel_id)
+        await bad.ws.write_message(frame, binary=isinstance(frame, bytes))
+        await wait_for(bad.closed.is_set, 30, "socket closed after a bad frame")
+        assert bad.ws.close_code == 1007
+        bad.close()
     await kernel.ws.write_message(json.dumps({"no": "header"}))
     await kernel.ws.write_message(json.dumps({"header": {"msg_id": "1"}, "content": {}}))
-    await kernel.ws.write_message(b"\x00\x01binary garbage", binary=True)
     unknown = await kernel.request("frobnicate_request", {})
     assert unknown.reply["msg_type"] == "frobnicate_reply"
     assert unknown.content["status"] == "error"

@@ -217,3 +217,39 @@ def test_provisioner_info_round_trip(kcr_spec, jp_start_kernel, run, mode, reque
         assert info["remote_kernel_id"] not in request.getfixturevalue("gateway").kernel_ids()
     else:
         wait_for(lambda: not processes_mentioning(info["data_dir"]), what="the runner to exit")
+
+
+def test_malformed_messages_get_bad_message_replies_and_the_kernel_keeps_serving(
+    kcr_spec, jp_start_kernel, run, mode
+):
+    """Issue 12: msg_type as a number or a list, no session, content of the wrong type."""
+    _km, kc = run(jp_start_kernel(kcr_spec))
+    sent = []
+    for change in (
+        {"msg_type": 5},
+        {"msg_type": ["execute_request"]},
+        {"session": None},
+        {"content": {"code": 1}},
+        {"content": {"code": "1", "silent": "no"}},
+    ):
+        msg = kc.session.msg("execute_request", {"code": "print('must not run')"})
+        content = change.pop("content", None)
+        if content is not None:
+            msg["content"] = content
+        msg["header"].update(change)
+        kc.shell_channel.send(msg)
+        sent.append(msg["header"]["msg_id"])
+
+    async def replies():
+        got = {}
+        while len(got) < len(sent):
+            msg = await kc.get_shell_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") in sent:
+                got[msg["parent_header"]["msg_id"]] = msg["content"]
+        return got
+
+    for content in run(replies()).values():
+        assert content["status"] == "error" and content["ename"] == "BadMessage", content
+    _reply, out = collect(run, kc, "1+1")
+    assert by_type(out, "execute_result")[0]["data"]["text/plain"] == "2"
+    assert "must not run" not in str(by_type(out, "stream"))
