@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .backends.base import Pod
-from .backends.local import LocalBackend
-from .backends.sandbox import SandboxUnavailable
-from .bridge_zmq import KernelSockets
-from .runner_client import RunnerClient
-from .session import KernelSession
+from ..backends.base import Pod
+from ..backends.local import LocalBackend
+from ..backends.sandbox import SandboxUnavailable
+from ..runner_client import RunnerClient
+from ..session import KernelSession
+from .sockets import KernelSockets
 
 log = logging.getLogger("kcr.bridge.local")
 
@@ -63,7 +63,7 @@ class LocalKernel:
       :class:`~kcr_kernels.backends.sandbox.SandboxUnavailable` with the
       reason; ``allow_unsandboxed`` runs the worker without bubblewrap when
       the sandbox is unavailable (with a warning).
-    * :meth:`handle` takes a verified client message.
+    * :meth:`handle_raw` takes a verified client message.
     * ``shutdown_request`` is answered by the session, then ``on_exit(0)``;
       a pod that dies makes the kernel dead: ``on_exit(1)`` after a message
       on stderr (the pending request gets its ``KernelDied`` reply first).
@@ -91,7 +91,6 @@ class LocalKernel:
         self.pod: Pod | None = None
         self.runner: RunnerClient | None = None
         self.session = KernelSession("local", username="kcr", on_shutdown=self._on_shutdown)
-        self.session.add_listener(_IopubListener(sockets))
         self._closing = False
 
     async def start(self) -> None:
@@ -113,9 +112,21 @@ class LocalKernel:
             await runner.set_env(self.env)
         self.runner = runner
         await self.session.attach_runner(runner)
+        # Attached after the session's own start-up "idle": the bridge sends the
+        # start-up statuses (starting, then idle) for both modes.
+        self.session.add_listener(_IopubListener(self.sockets))
 
-    def handle(self, channel: str, idents: list[bytes], msg: dict) -> None:
-        msg["channel"] = channel
+    def handle_raw(self, channel: str, idents: list[bytes], parts: list[bytes]) -> None:
+        """Take a verified client message (serialized parts, as :class:`KernelSockets` gives)."""
+        unpack = self.sockets.session.unpack
+        msg = {
+            "header": unpack(parts[0]),
+            "parent_header": unpack(parts[1]),
+            "metadata": unpack(parts[2]),
+            "content": unpack(parts[3]),
+            "buffers": parts[4:],
+            "channel": channel,
+        }
         self.session.handle(_ClientRoute(self.sockets, idents), msg)
 
     async def interrupt(self) -> None:
