@@ -43,7 +43,9 @@ class GatewayKernel:
       ``KERNEL_*`` environment) unless ``kernel_id`` names one that exists,
       and opens its WebSocket; failures raise :class:`GatewayError`.
     * Requests are relayed unchanged; replies and stdin messages go back to
-      the ZMQ identity that sent the request, iopub to every subscriber.
+      the ZMQ identity that sent the request, iopub to every subscriber
+      (except the gateway's ``iopub_welcome`` for the WebSocket itself: ZMQ
+      subscribers are welcomed by :class:`.sockets.KernelSockets`).
     * ``shutdown_request`` is answered here, the kernel is deleted on the
       gateway, then ``on_exit(0)``: jupyter_client restarts a kernel by
       starting a new bridge, so restart requests end this one too.
@@ -206,6 +208,10 @@ class GatewayKernel:
             frame = frame.encode()
         channel, parts = deserialize_msg_from_ws_v1(frame)
         if channel == "iopub":
+            if b'"iopub_welcome"' in parts[0] and json.loads(parts[0])["msg_type"] == (
+                "iopub_welcome"
+            ):
+                return  # welcomes this WebSocket; ZMQ subscribers get the bridge's own
             self.sockets.send_raw("iopub", parts)
             return
         parent_id = json.loads(parts[1]).get("msg_id")
