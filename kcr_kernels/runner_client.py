@@ -107,21 +107,32 @@ class RunnerClient:
     def connected(self) -> bool:
         return self._ws is not None and not self.lost
 
-    async def request(self, op: str, content: dict, on_event: EventCallback | None = None) -> dict:
-        """Send ``op`` and wait for its reply frame."""
+    async def request(
+        self,
+        op: str,
+        content: dict,
+        on_event: EventCallback | None = None,
+        header: dict | None = None,
+    ) -> dict:
+        """Send ``op`` and wait for its reply frame. ``header``: the client's Jupyter header,
+        which the Python worker gives its kernel as the request's own (same msg_id)."""
         if self._ws is None or self.lost:
             raise RunnerGone("the runner channel is closed")
         request_id = str(next(self._ids))
         pending = _Pending(on_event)
         self._pending[request_id] = pending
         try:
-            await self._write({"id": request_id, "op": op, "content": content})
+            await self._write(_frame(request_id, op, content, header))
             return await pending.future
         finally:
             self._pending.pop(request_id, None)
 
     def start_request(
-        self, op: str, content: dict, on_event: EventCallback | None = None
+        self,
+        op: str,
+        content: dict,
+        on_event: EventCallback | None = None,
+        header: dict | None = None,
     ) -> tuple[str, asyncio.Future]:
         """Like :meth:`request` but returns ``(request id, reply future)`` at once.
 
@@ -133,7 +144,7 @@ class RunnerClient:
         pending = _Pending(on_event)
         self._pending[request_id] = pending
         pending.future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
-        sent = self._write_now({"id": request_id, "op": op, "content": content})
+        sent = self._write_now(_frame(request_id, op, content, header))
         if sent is not None:
             sent.add_done_callback(
                 lambda f: (
@@ -187,14 +198,17 @@ class RunnerClient:
         pending = self._pending.get(frame.get("id")) if frame.get("id") is not None else None
         if pending is None:
             if frame.get("id") is None and self.on_unsolicited is not None and event:
-                self.on_unsolicited(event, frame.get("content") or {})
+                self.on_unsolicited(event, frame.get("content") or {}, frame)
             return
         if event == "reply":
             if not pending.future.done():
                 pending.future.set_result(frame)
         elif pending.on_event is not None:
             try:
-                pending.on_event(event, frame.get("content") or {})
+                if "buffers" in frame:
+                    pending.on_event(event, frame.get("content") or {}, frame)
+                else:
+                    pending.on_event(event, frame.get("content") or {})
             except Exception:
                 log.exception("event handler failed for %s", event)
 
@@ -367,6 +381,13 @@ class RunnerClient:
 
     async def set_env(self, env: dict[str, str]) -> None:
         await self.call_json("POST", "/env", env, timeout=10.0)
+
+
+def _frame(request_id: str, op: str, content: dict, header: dict | None) -> dict:
+    frame = {"id": request_id, "op": op, "content": content}
+    if header:
+        frame["header"] = header
+    return frame
 
 
 def _error_text(method: str, path: str, code: int, body: bytes | None) -> str:

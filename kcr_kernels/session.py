@@ -9,6 +9,7 @@ back. Runners only execute; they never build Jupyter headers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -95,11 +96,21 @@ class KernelSession:
         self._interrupt_pending = False  # an interrupt for an execute not yet sent to the runner
         self._last_parent: dict = {}
         self._closed = False
+        # What lives only in the pod's kernel process and cannot move with the kernel:
+        self.open_comms: dict[str, str] = {}  # comm_id -> target_name
+        self.debugging = False  # a debugger client attached
+        self.move_notes: list[str] = []  # sentences for the move notice (see attach_runner)
 
     # -- lifecycle ------------------------------------------------------------
 
     async def attach_runner(self, runner: RunnerClient, kernel_info: dict | None = None) -> None:
-        """Put ``runner`` behind this session (start, restart, move to a new pod)."""
+        """Put ``runner`` behind this session (start, restart, move to a new pod).
+
+        Comms and a debug session live in the old pod's kernel process and cannot move:
+        clients get ``comm_close`` for each open comm (the front end shows the widget as
+        disconnected) and a DAP ``terminated`` event; ``move_notes`` says so for the notice.
+        """
+        self.move_notes = self._end_pod_bound_sessions()
         runner.on_unsolicited = self._on_unsolicited
         self.runner = runner
         if kernel_info is None:
@@ -107,6 +118,33 @@ class KernelSession:
         self.kernel_info = kernel_info
         self._ensure_shell_loop()
         self.set_state("idle")
+
+    def _end_pod_bound_sessions(self) -> list[str]:
+        notes = []
+        comms, self.open_comms = self.open_comms, {}
+        for comm_id in comms:
+            self.publish("comm_close", {"comm_id": comm_id, "data": {}}, self._last_parent)
+        if comms:
+            notes.append(
+                f"{len(comms)} widget comm(s) were closed (a comm cannot move between pods): "
+                "run their cells again."
+            )
+        if self.debugging:
+            self.debugging = False
+            event = {"seq": 0, "type": "event", "event": "terminated", "body": {}}
+            self.publish("debug_event", event, self._last_parent)
+            notes.append("The debug session ended.")
+        return notes
+
+    def _track_comm(self, msg_type: str, content: dict) -> None:
+        """Keep ``open_comms`` up to date from comm messages in either direction."""
+        comm_id = content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return
+        if msg_type == "comm_open":
+            self.open_comms[comm_id] = str(content.get("target_name", ""))
+        elif msg_type == "comm_close":
+            self.open_comms.pop(comm_id, None)
 
     @property
     def idle(self) -> bool:
@@ -137,6 +175,15 @@ class KernelSession:
     def add_listener(self, listener: KernelListener) -> None:
         self.listeners.append(listener)
 
+    def welcome(self, listener: KernelListener) -> None:
+        """What a kernel's iopub says to a client that just subscribed: ``iopub_welcome``
+        (JEP 65, as ipykernel's XPUB socket sends it) and the current execution state,
+        so a client that connects after the kernel started still sees a ``status``."""
+        listener.send("iopub", self.make_msg("iopub_welcome", {"subscription": ""}, None, "iopub"))
+        state = self.execution_state if self.execution_state != "dead" else "idle"
+        status = {"execution_state": state}
+        listener.send("iopub", self.make_msg("status", status, None, "iopub"))
+
     def remove_listener(self, listener: KernelListener) -> None:
         if listener in self.listeners:
             self.listeners.remove(listener)
@@ -152,8 +199,14 @@ class KernelSession:
         msg["header"]["version"] = PROTOCOL_VERSION
         return msg
 
-    def publish(self, msg_type: str, content: dict, parent: dict | None) -> None:
+    def publish(
+        self, msg_type: str, content: dict, parent: dict | None, buffers: list | None = None
+    ) -> None:
         msg = self.make_msg(msg_type, content, parent, "iopub")
+        if buffers:
+            msg["buffers"] = buffers
+        if msg_type in ("comm_open", "comm_close"):
+            self._track_comm(msg_type, content)
         for listener in list(self.listeners):
             listener.send("iopub", msg)
 
@@ -220,6 +273,9 @@ class KernelSession:
             elif msg_type == "interrupt_request":
                 status = await self.interrupt()
                 self.reply(listener, channel, "interrupt_reply", status, parent)
+            elif msg_type == "debug_request":
+                reply = await self.debug_request(msg.get("content") or {}, parent)
+                self.reply(listener, channel, "debug_reply", reply, parent)
             elif msg_type == "shutdown_request":
                 restart = bool(msg.get("content", {}).get("restart", False))
                 self.reply(
@@ -286,6 +342,31 @@ class KernelSession:
         info["protocol_version"] = PROTOCOL_VERSION
         return info
 
+    async def debug_request(self, content: dict, parent: dict) -> dict:
+        """Pass a DAP request to the kernel's debugger (ipykernel's, on its control channel:
+        answered even while a cell is stopped at a breakpoint). Without a pod, or when the
+        debugger is not there, the answer is a failed DAP response that says why."""
+        try:
+            if self.runner is None or not self.kernel_info.get("debugger"):
+                raise RunnerError("this kernel has no debugger (debugpy is not in its pod)")
+            frame = await self._require_runner().request("debug_request", content, None, parent)
+            reply = frame.get("content") or {}
+            command = content.get("command") if isinstance(content, dict) else None
+            if command == "attach" and reply.get("success"):
+                self.debugging = True
+            elif command == "disconnect":
+                self.debugging = False
+            return reply
+        except RunnerError as e:
+            return {
+                "type": "response",
+                "request_seq": content.get("seq", 0) if isinstance(content, dict) else 0,
+                "success": False,
+                "command": content.get("command", "") if isinstance(content, dict) else "",
+                "message": str(e),
+                "body": {},
+            }
+
     async def interrupt(self) -> dict:
         """Interrupt the running cell. Sent on the runner channel, so it is ordered after the
         execute it is meant for (an HTTP call could overtake it)."""
@@ -343,7 +424,7 @@ class KernelSession:
             self.reply(listener, "shell", "kernel_info_reply", self.kernel_info_reply(), parent)
             return
         if msg_type in COMM_OPS:
-            await self._call_runner_quietly(COMM_OPS[msg_type], content)
+            await self._send_comm(msg)
             return
         if msg_type not in RUNNER_OPS:
             log.info("kernel %s: unknown shell message %s", self.kernel_id, msg_type)
@@ -385,7 +466,7 @@ class KernelSession:
         stop_on_error = content.get("stop_on_error", True)
         silent = content["silent"]
 
-        def on_event(event: str, data: dict) -> None:
+        def on_event(event: str, data: dict, frame: dict | None = None) -> None:
             if event == "execute_input":
                 self.execution_count = data.get("execution_count", self.execution_count)
                 if not silent:
@@ -395,11 +476,11 @@ class KernelSession:
             elif event == "status":
                 return
             else:
-                self.publish(event, data, parent)
+                self.publish(event, data, parent, _frame_buffers(frame))
 
         try:
             runner = self._require_runner()
-            request_id, future = runner.start_request("execute", content, on_event)
+            request_id, future = runner.start_request("execute", content, on_event, parent)
             self._current = (listener, msg, request_id)
             if self._interrupt_pending:
                 self._interrupt_pending = False
@@ -446,11 +527,38 @@ class KernelSession:
             raise RunnerGone("the kernel has no running pod")
         return self.runner
 
-    async def _call_runner_quietly(self, op: str, content: dict) -> None:
+    async def _send_comm(self, msg: dict) -> None:
+        """Hand a client's comm message to the kernel and wait until the kernel handled it.
+
+        Like ipykernel, a comm message gets no reply, and its ``idle`` comes once the kernel
+        is done with it; what the kernel sends because of it (``comm_msg`` back, a widget's
+        outputs) has it as parent. Binary buffers travel base64-encoded. A comm message for
+        a kernel without a pod is dropped (and logged): its comms closed with the pod.
+        """
+        parent = msg["header"]
+        content = dict(msg.get("content") or {})
+        self._track_comm(parent["msg_type"], content)
+        buffers = msg.get("buffers") or []
+        if buffers:
+            content["buffers"] = [base64.b64encode(bytes(b)).decode() for b in buffers]
         try:
-            await self._require_runner().send(op, content)
+            runner = self._require_runner()
+            _, future = runner.start_request(
+                COMM_OPS[parent["msg_type"]], content, self._event_publisher(parent), parent
+            )
+            await future
         except RunnerError as e:
-            log.warning("kernel %s: %s not delivered: %s", self.kernel_id, op, e)
+            log.warning("kernel %s: %s not delivered: %s", self.kernel_id, parent["msg_type"], e)
+
+    def _event_publisher(self, parent: dict) -> Callable[..., None]:
+        """An ``on_event`` callback that publishes a request's events on iopub."""
+
+        def on_event(event: str, data: dict, frame: dict | None = None) -> None:
+            if event == "status":
+                return
+            self.publish(event, data, parent, _frame_buffers(frame))
+
+        return on_event
 
     def _abort_queued_executes(self) -> None:
         kept = []
@@ -480,9 +588,24 @@ class KernelSession:
         )
         self.publish("status", {"execution_state": "idle"}, parent)
 
-    def _on_unsolicited(self, event: str, content: dict) -> None:
-        """Output not caused by a request (a widget callback): parent = last request."""
-        self.publish(event, content, self._last_parent)
+    def _on_unsolicited(self, event: str, content: dict, frame: dict | None = None) -> None:
+        """Output not caused by a running request (a widget callback, a thread, a debugger
+        event): its parent is the request the kernel names, else the last request."""
+        parent = (frame or {}).get("parent") or self._last_parent
+        self.publish(event, content, parent, _frame_buffers(frame))
+
+
+def _frame_buffers(frame: dict | None) -> list[bytes]:
+    """The binary buffers of a runner event frame (base64 strings on the wire)."""
+    if not frame or not frame.get("buffers"):
+        return []
+    out = []
+    for item in frame["buffers"]:
+        try:
+            out.append(base64.b64decode(item))
+        except (ValueError, TypeError):
+            log.warning("dropped a runner event buffer that is not base64")
+    return out
 
 
 def _error_content(ename: str, evalue: str) -> dict:

@@ -490,6 +490,10 @@ class KCRKernelManager(LoggingConfigurable):
                 result = await checkpoints.restore(self.store, kernel.kernel_id, kernel.runner)
             await self._save_record(kernel, "running")
         notice = _resume_notice(lost_reason, result, kernel.last_checkpoint)
+        if kernel.session.move_notes:  # comms and debug sessions stay behind with the pod
+            head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
+            notice = " ".join([head, *kernel.session.move_notes]) + "\n"
+            kernel.session.move_notes = []
         if notice:
             kernel.session.tell_user(notice)
         self.log.info(

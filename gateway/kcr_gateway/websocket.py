@@ -61,6 +61,7 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         handler.set_nodelay(True)
         kernel = self.kernel
         kernel.session.add_listener(self)
+        kernel.session.welcome(self)
         kernel.connections += 1
         kernel.touch()
 

@@ -22,6 +22,8 @@ log = logging.getLogger("kcr_runner.server")
 
 #: Ops a client may send on ``/channel`` that are queued for the worker.
 CHANNEL_OPS = QUEUED_OPS - {"snapshot", "restore"}
+#: Ops a client may send on ``/channel`` that bypass the queue.
+DIRECT_OPS = ("debug_request", "input_reply", "interrupt", "kernel_info")
 
 
 @dataclass
@@ -37,9 +39,17 @@ class RunnerState:
     channels: set[ChannelHandler]
     max_file_bytes: int = 0  # 0: uploads are bounded by the pod's disk only
 
-    def broadcast(self, event: str, content: dict[str, Any]) -> None:
+    def broadcast(self, event: str, content: dict[str, Any], extra: dict | None = None) -> None:
         for channel in list(self.channels):
-            channel.send({"id": None, "event": event, "content": content})
+            channel.send({"id": None, "event": event, "content": content, **(extra or {})})
+
+    def kernel_info(self) -> dict[str, Any]:
+        """The language's kernel_info, overridden by what the worker said when it started
+        (the Python worker reports ipykernel's own ``kernel_info_reply``)."""
+        info = dict(self.language.kernel_info())
+        info.update(self.worker.ready_info.get("kernel_info") or {})
+        info.pop("status", None)
+        return info
 
 
 def _authorized(handler: web.RequestHandler, token: str) -> bool:
@@ -147,7 +157,7 @@ class HealthHandler(ApiHandler):
 
 class KernelInfoHandler(ApiHandler):
     def get(self) -> None:
-        self.send_json(self.state.language.kernel_info())
+        self.send_json(self.state.kernel_info())
 
 
 class InterruptHandler(BodyHandler):
@@ -419,35 +429,62 @@ class ChannelHandler(websocket.WebSocketHandler):
                     "id": request_id,
                     "event": "reply",
                     "msg_type": "kernel_info_reply",
-                    "content": {"status": "ok", **self.state.language.kernel_info()},
+                    "content": {"status": "ok", **self.state.kernel_info()},
                 }
             )
+        elif op == "debug_request":
+            # Control channel: answered while a cell runs (stopped at a breakpoint).
+            asyncio.ensure_future(self._control(request_id, op, content))
         elif op in CHANNEL_OPS:
             if op == "execute" and not isinstance(content.get("code", ""), str):
                 return self.protocol_error(request_id, "bad_content", '"code" must be a string')
-            asyncio.ensure_future(self._request(request_id, op, content))
+            header = frame.get("header")
+            header = header if isinstance(header, dict) else None
+            asyncio.ensure_future(self._request(request_id, op, content, header))
         else:
             self.protocol_error(
                 request_id,
                 "unknown_op",
-                f"unknown op {op!r}; known ops: "
-                f"{', '.join(sorted([*CHANNEL_OPS, 'input_reply', 'interrupt', 'kernel_info']))}",
+                f"unknown op {op!r}; known ops: {', '.join(sorted([*CHANNEL_OPS, *DIRECT_OPS]))}",
             )
 
-    async def _request(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+    async def _control(self, request_id: Any, op: str, content: dict[str, Any]) -> None:
+        """A request the worker answers at once, beside the queue (``debug_request``)."""
+        try:
+            reply = await self.state.worker.control(op, content)
+            msg_type = reply_type(op) if op != "debug_request" else "debug_reply"
+        except WorkerDied as exc:
+            msg_type = "debug_reply" if op == "debug_request" else reply_type(op)
+            reply = {"status": "error", "ename": "KernelDied", "evalue": str(exc), "traceback": []}
+        if op == "debug_request" and reply.get("status") == "error" and "type" not in reply:
+            # A DAP response, so a debugger front end can show why.
+            reply = {
+                "type": "response",
+                "request_seq": content.get("seq", 0),
+                "success": False,
+                "command": content.get("command", ""),
+                "message": reply.get("evalue", "the debugger is not available"),
+                "body": {},
+            }
+        self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
+
+    async def _request(
+        self, request_id: Any, op: str, content: dict[str, Any], header: dict | None = None
+    ) -> None:
         worker = self.state.worker
         worker_id = worker.new_id()
         seen: dict[str, Any] = {}
         if op == "execute":
             self._executes[request_id] = worker_id
 
-        def on_event(event: str, event_content: dict[str, Any]) -> None:
+        def on_event(event: str, event_content: dict[str, Any], extra: dict | None = None) -> None:
             if event == "execute_input":
                 seen["execution_count"] = event_content.get("execution_count")
-            self.send({"id": request_id, "event": event, "content": event_content})
+            frame = {"id": request_id, "event": event, "content": event_content}
+            self.send({**frame, **extra} if extra else frame)
 
         try:
-            msg_type, reply = await worker.request(worker_id, op, content, on_event)
+            msg_type, reply = await worker.request(worker_id, op, content, on_event, header)
         except WorkerDied as exc:
             error = {"ename": "KernelDied", "evalue": str(exc), "traceback": [str(exc)]}
             self.send({"id": request_id, "event": "error", "content": error})

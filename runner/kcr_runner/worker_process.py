@@ -20,7 +20,8 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 
 log = logging.getLogger("kcr_runner.worker")
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+#: ``(event, content, extra)``: ``extra`` holds optional frame fields (``buffers``).
+EventCallback = Callable[..., None]
 
 
 class WorkerDied(Exception):
@@ -57,7 +58,7 @@ class WorkerProcess:
         self.options = options
         self.line_limit = line_limit
         self.cell_timeout = cell_timeout
-        self.on_unsolicited: EventCallback = lambda event, content: None
+        self.on_unsolicited: EventCallback = lambda event, content, extra=None: None
         self.proc: asyncio.subprocess.Process | None = None
         self.detail = ""
         self.ready_info: dict[str, Any] = {}
@@ -68,6 +69,9 @@ class WorkerProcess:
         self._ready: asyncio.Future | None = None
         self._reader: asyncio.Task | None = None
         self.current: str | None = None
+        self.current_op: str | None = None
+        self._executes_waiting = 0  # executes queued behind the running request
+        self._deferred_interrupt: dict[str, Any] | None = None
 
     @property
     def alive(self) -> bool:
@@ -109,33 +113,54 @@ class WorkerProcess:
             await self.kill()
 
     async def request(
-        self, request_id: str, op: str, content: dict[str, Any], on_event: EventCallback | None
+        self,
+        request_id: str,
+        op: str,
+        content: dict[str, Any],
+        on_event: EventCallback | None,
+        header: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """Queue one request; returns ``(msg_type, content)`` of its reply.
+        """Queue one request; returns ``(msg_type, content)`` of its reply. ``header`` (the
+        client's Jupyter header) is passed on to workers that speak Jupyter to a kernel.
 
         Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
         """
-        async with self._lock:
+        if op == "execute":
+            self._executes_waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            if op == "execute":
+                self._executes_waiting -= 1
+        try:
             if not self._alive:
                 raise WorkerDied(self.detail or "the kernel process is not running")
             future = asyncio.get_running_loop().create_future()
             self._pending[request_id] = _Pending(future, on_event)
             self.current = request_id
+            self.current_op = op
             timer = None
             if op == "execute" and self.cell_timeout:
                 timer = asyncio.get_running_loop().call_later(
                     self.cell_timeout, lambda: asyncio.ensure_future(self._timeout())
                 )
             try:
-                await self._write(
-                    {"type": "request", "id": request_id, "op": op, "content": content}
-                )
+                message = {"type": "request", "id": request_id, "op": op, "content": content}
+                if header:
+                    message["header"] = header
+                await self._write(message)
+                if op == "execute" and self._deferred_interrupt is not None:
+                    deferred, self._deferred_interrupt = self._deferred_interrupt, None
+                    await self._write(deferred)
                 return await future
             finally:
                 if timer is not None:
                     timer.cancel()
                 self.current = None
+                self.current_op = None
                 self._pending.pop(request_id, None)
+        finally:
+            self._lock.release()
 
     async def control(self, op: str, content: dict[str, Any]) -> dict[str, Any]:
         """A request the worker answers at once, even while a cell runs (``set_env``)."""
@@ -152,8 +177,16 @@ class WorkerProcess:
             self._pending.pop(request_id, None)
 
     async def interrupt(self, reason: str = "user", message: str = "") -> None:
-        if self._alive:
-            await self._write({"type": "interrupt", "reason": reason, "message": message})
+        """Interrupt the running execute. One that arrives while an execute waits behind
+        another request (a snapshot, a completion) is kept and sent right behind that
+        execute, so it is never lost."""
+        if not self._alive:
+            return
+        frame = {"type": "interrupt", "reason": reason, "message": message}
+        if self.current_op != "execute" and self._executes_waiting:
+            self._deferred_interrupt = frame
+            return
+        await self._write(frame)
 
     async def send_input(self, request_id: str, value: str) -> None:
         if self._alive:
@@ -204,10 +237,11 @@ class WorkerProcess:
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
+            extra = {k: message[k] for k in ("buffers", "parent") if message.get(k)} or None
             if pending is not None and pending.on_event is not None:
-                pending.on_event(event, content)
+                pending.on_event(event, content, extra)
             elif request_id is None:
-                self.on_unsolicited(event, content)
+                self.on_unsolicited(event, content, extra)
         elif kind == "reply":
             pending = self._pending.get(request_id)
             if pending is not None and not pending.future.done():

@@ -314,3 +314,43 @@ async def test_an_interrupt_while_the_kernel_resumes_stops_the_cell(durable, on_
     assert running.reply["content"]["ename"] == "KeyboardInterrupt"
     r = await client.execute("print(x)")
     assert r.stdout == "1\n"
+
+
+DAP_INITIALIZE = {
+    "clientID": "kcr-test",
+    "adapterID": "",
+    "pathFormat": "path",
+    "linesStartAt1": True,
+    "columnsStartAt1": True,
+    "supportsVariableType": True,
+}
+
+
+async def test_widgets_are_closed_and_the_debugger_ends_when_the_kernel_moves(durable, on_durable):
+    """Comms and debug sessions live in the pod's kernel process: after a move the client
+    gets comm_close for each (the front end shows the widget as disconnected, not hanging),
+    a DAP 'terminated' event, and the move notice says so."""
+    kernel_id, client = on_durable
+    r = await client.execute("import ipywidgets as w\ns = w.IntSlider()\ndisplay(s)")
+    opened = {c["comm_id"] for c in r.outputs("comm_open")}
+    assert len(opened) == 3
+    for seq, command, arguments in [(1, "initialize", DAP_INITIALIZE), (2, "attach", {})]:
+        request = {"type": "request", "seq": seq, "command": command, "arguments": arguments}
+        attach = client.send(client.make("debug_request", request, "control"))
+        await wait_for(lambda e=attach: e.reply is not None, 30, f"{command} reply")
+    assert attach.reply["content"]["success"], attach.reply["content"]
+    await checkpointed(durable, kernel_id)
+    await kill_pod(durable, kernel_id)
+    r = await client.execute("print('moved')")
+    assert r.stdout == "moved\n"
+    closed = {c["comm_id"] for c in r.outputs("comm_close")}
+    assert closed == opened
+    events = [c for c in r.outputs("debug_event") if c.get("event") == "terminated"]
+    assert events
+    assert "moved to a new pod" in r.stderr
+    assert "3 widget comm(s) were closed" in r.stderr and "debug session ended" in r.stderr
+    # the new kernel has no comms, and a new slider works
+    info = await client.request("comm_info_request", {})
+    assert info.content["comms"] == {}
+    r = await client.execute("s2 = w.IntSlider()\ndisplay(s2)")
+    assert len(r.outputs("comm_open")) == 3

@@ -134,13 +134,42 @@ async def test_complete_inspect_is_complete_history(channel):
     assert any("my_variable_name" in entry[2] for entry in history["content"]["history"])
 
 
-async def test_comm_ops_answer_without_crashing(channel):
+async def test_comms_reach_ipykernels_comm_manager_both_ways(channel):
+    """A comm target registered in the kernel gets the client's comm_open and comm_msg; its
+    messages back are events of the request that caused them."""
+    setup = (
+        "received = []\n"
+        "def target(comm, open_msg):\n"
+        "    received.append(open_msg['content']['data'])\n"
+        "    @comm.on_msg\n"
+        "    def _(msg):\n"
+        "        received.append(msg['content']['data'])\n"
+        "        comm.send({'echo': msg['content']['data']})\n"
+        "get_ipython().kernel.comm_manager.register_target('kcr-test', target)\n"
+    )
+    _, reply = await channel.execute(setup)
+    assert reply["content"]["status"] == "ok"
+    _, opened = await channel.request(
+        "comm_open", {"comm_id": "c1", "target_name": "kcr-test", "data": {"hello": 1}}
+    )
+    assert opened["msg_type"] == "comm_reply" and opened["content"]["status"] == "ok"
+    events, _ = await channel.request("comm_msg", {"comm_id": "c1", "data": {"x": 2}})
+    echoes = [e for e in events if e["event"] == "comm_msg"]
+    assert echoes and echoes[0]["content"]["data"] == {"echo": {"x": 2}}
+    assert echoes[0]["content"]["comm_id"] == "c1"
     _, info = await channel.request("comm_info", {})
-    assert info["msg_type"] == "comm_info_reply"
-    assert info["content"]["status"] == "ok"
-    events, reply = await channel.request("comm_open", {"comm_id": "c1", "target_name": "t"})
-    assert reply["content"]["status"] == "error"
-    assert events[0]["event"] == "error"
+    assert info["content"]["comms"] == {"c1": {"target_name": "kcr-test"}}
+    events, _ = await channel.execute("received")
+    result = next(e for e in events if e["event"] == "execute_result")
+    assert result["content"]["data"]["text/plain"] == "[{'hello': 1}, {'x': 2}]"
+
+
+async def test_comm_messages_for_unknown_comms_and_targets_do_not_wedge(channel):
+    await channel.request("comm_msg", {"comm_id": "no-such-comm", "data": {}})
+    await channel.request("comm_close", {"comm_id": "no-such-comm", "data": {}})
+    events, _ = await channel.request("comm_open", {"comm_id": "c2", "target_name": "nope"})
+    # ipykernel answers an unknown target by closing the comm again (and logs why)
+    assert "comm_close" in [e["event"] for e in events]
     _, ok = await channel.execute("1 + 1")
     assert ok["content"]["status"] == "ok"
 
