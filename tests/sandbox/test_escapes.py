@@ -96,13 +96,15 @@ procs = {}
 for p in os.listdir("/proc"):
     if p.isdigit():
         procs[p] = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
-print(json.dumps({"me": os.getpid(), "procs": procs}))
+print(json.dumps({"me": os.getpid(), "relay": os.getppid(), "procs": procs}))
 """
     out = await run_json(pod, code)
     procs = {int(pid): cmd for pid, cmd in out["procs"].items()}
-    # Only the sandbox's own init (bwrap, pid 1) and the worker itself exist.
-    assert set(procs) == {1, out["me"]}, procs
+    # Only the sandbox's own init (bwrap, pid 1), the worker's relay and its kernel (the
+    # process running this code) exist.
+    assert set(procs) == {1, out["relay"], out["me"]}, procs
     assert procs[1].startswith("bwrap ")
+    assert "kcr_runner.python_worker" in procs[out["relay"]]
     assert os.getpid() != out["me"]
 
 

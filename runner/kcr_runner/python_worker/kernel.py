@@ -58,6 +58,9 @@ class KCRKernel(IPythonKernel):
         self._kcr_running: str | None = None  # msg_id of the execute inside do_execute
         self._kcr_pending: str | None = None  # msg_id of an execute interrupted before it ran
         self._kcr_exc: BaseException | None = None  # what the next SIGINT raises instead
+        # IPython's own hook for exception display: an interrupt's traceback ends in the
+        # user's code, not in this kernel's SIGINT handler.
+        self.shell.set_custom_exc((KeyboardInterrupt, TimeoutError), _interrupt_traceback)
 
     # -- kernel_info ------------------------------------------------------------------------
     @property
@@ -165,6 +168,20 @@ class KCRKernel(IPythonKernel):
         except (state.BadStateBlob, ValueError) as exc:
             content = {"status": "error", "reason": "bad_state", "message": str(exc)}
         self.session.send(stream, "kcr_restore_reply", content, parent, ident=ident)
+
+
+def _interrupt_traceback(shell, etype, value, tb, tb_offset=None):
+    """IPython custom-exception handler: shows the usual traceback, minus a last frame that is
+    :meth:`KCRKernel._kcr_sigint` (IPython hides ``__tracebackhide__`` frames, but never the
+    last one)."""
+    last_visible, node = None, tb
+    while node is not None:
+        if node.tb_next is None and node.tb_frame.f_code is KCRKernel._kcr_sigint.__code__:
+            if last_visible is not None:
+                last_visible.tb_next = None
+            break
+        last_visible, node = node, node.tb_next
+    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)  # IPython's usual display
 
 
 class KCRKernelApp(IPKernelApp):
