@@ -13,54 +13,35 @@ kernel over ZMQ. With a gateway (``gateway_url`` in the config, or
 (unknown kernelspec, pool exhausted, bad token) fails ``start_kernel`` with the
 gateway's reason, and hands its id to the bridge. Without a gateway the bridge
 runs a sandboxed local runner of its own.
+
+Forked and spawned processes: nbclient and papermill users run notebooks
+from ``multiprocessing`` workers, often forked from a process that already
+ran one. The provisioner keeps no module-level thread, loop or client: its
+gateway calls go through a :class:`~kcr_kernels.bridge.gateway_api.GatewayAPI`
+made per provisioner (its HTTP client is created per process and event loop),
+and its one blocking job (removing a local pod's folder) runs in
+:mod:`kcr_kernels.forksafe`'s per-process threads, never in asyncio's default
+executor (a forked child inherits that executor's state but not its threads,
+and would wait for them forever).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import tempfile
-import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import quote
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Float, Unicode, default
 
-from .bridge import kernel_env
-
-
-class GatewayRequestError(RuntimeError):
-    """A call to the gateway failed; the message names the call and the gateway's reason."""
-
-
-def _gateway_call(
-    method: str, url: str, token: str, payload: dict | None = None, timeout: float = 60.0
-) -> dict | None:
-    """One blocking JSON call on the gateway's REST API (run it in a thread)."""
-    body = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"token {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
-    except urllib.error.HTTPError as e:
-        detail = ""
-        with contextlib.suppress(Exception):
-            detail = json.loads(e.read()).get("message", "")
-        raise GatewayRequestError(f"{method} {url} failed: HTTP {e.code} {detail}".rstrip())
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise GatewayRequestError(f"{method} {url} failed: the gateway is unreachable ({reason})")
-    return json.loads(data) if data else None
+from .bridge.args import kernel_env
+from .bridge.gateway_api import GatewayAPI, GatewayError
+from .forksafe import run_in_thread
 
 
 class KCRProvisioner(LocalProvisioner):
@@ -123,6 +104,7 @@ class KCRProvisioner(LocalProvisioner):
 
     remote_kernel_id: str | None = None
     data_dir: str | None = None
+    _gateway_api: GatewayAPI | None = None
 
     # -- helpers -------------------------------------------------------------------
 
@@ -136,32 +118,23 @@ class KCRProvisioner(LocalProvisioner):
     def _gateway(self) -> str:
         return self.gateway_url.rstrip("/")
 
-    def _kernel_url(self) -> str:
-        return f"{self._gateway()}/api/kernels/{quote(self.remote_kernel_id or '', safe='')}"
+    def _api(self) -> GatewayAPI:
+        api = self._gateway_api
+        if api is None or api.url != self._gateway() or api.token != self.gateway_token:
+            api = self._gateway_api = GatewayAPI(self._gateway(), self.gateway_token, timeout=10.0)
+        return api
 
     async def _create_remote_kernel(self, env: dict[str, str]) -> str:
         name = self.kernel_name or f"kcr-{self._language()}"
-        payload = {"name": name, "env": kernel_env(env)}
-        model = await asyncio.to_thread(
-            _gateway_call,
-            "POST",
-            f"{self._gateway()}/api/kernels",
-            self.gateway_token,
-            payload,
-            self.launch_timeout,
-        )
-        return model["id"]
+        return await self._api().create_kernel(name, kernel_env(env), self.launch_timeout)
 
     async def _delete_remote_kernel(self) -> None:
         if not (self.remote_kernel_id and self.gateway_url):
             return
         try:
-            await asyncio.to_thread(
-                _gateway_call, "DELETE", self._kernel_url(), self.gateway_token, None, 10.0
-            )
-        except GatewayRequestError as e:
-            if "HTTP 404" not in str(e):
-                self.log.warning("kcr: could not delete kernel %s: %s", self.remote_kernel_id, e)
+            await self._api().delete_kernel(self.remote_kernel_id)
+        except GatewayError as e:
+            self.log.warning("kcr: could not delete kernel %s: %s", self.remote_kernel_id, e)
         self.remote_kernel_id = None
 
     # -- launch --------------------------------------------------------------------
@@ -172,7 +145,7 @@ class KCRProvisioner(LocalProvisioner):
         if self.gateway_url:
             try:
                 self.remote_kernel_id = await self._create_remote_kernel(env)
-            except GatewayRequestError as e:
+            except GatewayError as e:
                 raise RuntimeError(f"kcr: the gateway did not start the kernel: {e}") from e
             extra += ["--gateway-url", self._gateway(), "--kernel-id", self.remote_kernel_id]
             if self.gateway_token:
@@ -246,8 +219,11 @@ class KCRProvisioner(LocalProvisioner):
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
         await self._delete_remote_kernel()
+        if self._gateway_api is not None:
+            self._gateway_api.close()
+            self._gateway_api = None
         if self.data_dir:
-            await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
+            await run_in_thread(shutil.rmtree, self.data_dir, True)
             self.data_dir = None
 
     # -- persistence ---------------------------------------------------------------

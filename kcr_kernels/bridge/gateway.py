@@ -16,97 +16,22 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from urllib.parse import quote
 
 from jupyter_server.services.kernels.connection.base import (
     deserialize_msg_from_ws_v1,
     serialize_msg_to_ws_v1,
 )
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
-from .bridge_zmq import KernelSockets
+from .gateway_api import GatewayAPI, GatewayError, KernelGone, reason
+from .sockets import KernelSockets
 
 log = logging.getLogger("kcr.bridge.gateway")
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 #: Messages kept for the gateway while the WebSocket reconnects.
 MAX_BACKLOG = 10_000
-
-
-class GatewayError(RuntimeError):
-    """The gateway refused or could not be reached; the message says which call and why."""
-
-
-class KernelGone(GatewayError):
-    """The gateway no longer knows the kernel (it was shut down or culled)."""
-
-
-class GatewayAPI:
-    """The few REST calls the bridge makes on a kcr (or Kernel Gateway compatible) gateway."""
-
-    def __init__(self, url: str, token: str = "", *, timeout: float = 60.0):
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {self.token}"} if self.token else {}
-
-    def kernel_url(self, kernel_id: str, suffix: str = "") -> str:
-        return f"{self.url}/api/kernels/{quote(kernel_id, safe='')}{suffix}"
-
-    def channels_url(self, kernel_id: str) -> str:
-        return "ws" + self.kernel_url(kernel_id, "/channels")[len("http") :]
-
-    async def call(self, method: str, url: str, payload: dict | None = None) -> dict | None:
-        body = json.dumps(payload).encode() if payload is not None else None
-        if body is None and method == "POST":
-            body = b""
-        request = HTTPRequest(
-            url,
-            method=method,
-            body=body,
-            headers={**self.headers(), "Content-Type": "application/json"},
-            request_timeout=self.timeout,
-            connect_timeout=min(self.timeout, 10.0),
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request)
-        except HTTPClientError as e:
-            if e.code == 404 and "/api/kernels/" in url:
-                raise KernelGone(f"the gateway has no kernel at {url}")
-            raise GatewayError(f"{method} {url} failed: {_reason(e)}")
-        except OSError as e:
-            raise GatewayError(f"{method} {url} failed: the gateway is unreachable ({e})")
-        return json.loads(response.body) if response.body else None
-
-    async def create_kernel(self, name: str, env: dict[str, str]) -> str:
-        model = await self.call("POST", f"{self.url}/api/kernels", {"name": name, "env": env})
-        return model["id"]
-
-    async def kernel_model(self, kernel_id: str) -> dict:
-        return await self.call("GET", self.kernel_url(kernel_id))
-
-    async def interrupt(self, kernel_id: str) -> None:
-        await self.call("POST", self.kernel_url(kernel_id, "/interrupt"))
-
-    async def delete_kernel(self, kernel_id: str) -> None:
-        try:
-            await self.call("DELETE", self.kernel_url(kernel_id))
-        except KernelGone:
-            pass
-
-
-def _reason(e: HTTPClientError) -> str:
-    detail = ""
-    if e.response is not None and e.response.body:
-        try:
-            body = json.loads(e.response.body)
-            detail = body.get("message") or body.get("reason") or ""
-        except ValueError:
-            detail = e.response.body[:200].decode(errors="replace")
-    return f"HTTP {e.code} {detail}".strip() if e.code != 599 else str(e)
 
 
 class GatewayKernel:
@@ -118,7 +43,9 @@ class GatewayKernel:
       ``KERNEL_*`` environment) unless ``kernel_id`` names one that exists,
       and opens its WebSocket; failures raise :class:`GatewayError`.
     * Requests are relayed unchanged; replies and stdin messages go back to
-      the ZMQ identity that sent the request, iopub to every subscriber.
+      the ZMQ identity that sent the request, iopub to every subscriber
+      (except the gateway's ``iopub_welcome`` for the WebSocket itself: ZMQ
+      subscribers are welcomed by :class:`.sockets.KernelSockets`).
     * ``shutdown_request`` is answered here, the kernel is deleted on the
       gateway, then ``on_exit(0)``: jupyter_client restarts a kernel by
       starting a new bridge, so restart requests end this one too.
@@ -156,6 +83,7 @@ class GatewayKernel:
         self._reader: asyncio.Task | None = None
         self._closing = False
         self._closed = False
+        self._tasks: set[asyncio.Task] = set()  # shutdowns and reconnects this kernel owns
         self.reconnects = 0
 
     # -- lifecycle ----------------------------------------------------------------
@@ -177,7 +105,7 @@ class GatewayKernel:
         except HTTPClientError as e:
             if e.code == 404:
                 raise KernelGone(f"the gateway has no kernel {self.kernel_id}")
-            raise GatewayError(f"cannot open the kernel WebSocket {url}: {_reason(e)}")
+            raise GatewayError(f"cannot open the kernel WebSocket {url}: {reason(e)}")
         except OSError as e:
             raise GatewayError(f"cannot open the kernel WebSocket {url}: {e}")
         if ws.selected_subprotocol != V1_PROTOCOL:
@@ -201,11 +129,15 @@ class GatewayKernel:
             self._reader.cancel()
         if self.ws is not None:
             self.ws.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():  # a shutdown closes from its own task
+                task.cancel()
         if delete and self.kernel_id is not None:
             try:
                 await self.api.delete_kernel(self.kernel_id)
             except GatewayError as e:
                 print(f"[kcr] could not delete kernel {self.kernel_id}: {e}", file=sys.stderr)
+        self.api.close()
 
     # -- client -> gateway ----------------------------------------------------------
 
@@ -216,7 +148,7 @@ class GatewayKernel:
             return
         msg_type = header.get("msg_type", "")
         if channel == "control" and msg_type == "shutdown_request":
-            asyncio.ensure_future(self._shutdown(idents, header, parts[3]))
+            self._own(self._shutdown(idents, header, parts[3]))
             return
         # The gateway answers requests, and a bad msg_type with a BadMessage error.
         answered = not isinstance(msg_type, str) or msg_type.endswith("_request")
@@ -224,6 +156,11 @@ class GatewayKernel:
         if channel in ("shell", "control") and answered and isinstance(msg_id, str):
             self._pending[msg_id] = (channel, idents, header)
         self._write(serialize_msg_to_ws_v1(parts, channel))
+
+    def _own(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _write(self, frame: bytes) -> None:
         ws = self.ws
@@ -270,13 +207,17 @@ class GatewayKernel:
             return
         self.ws = None
         why = ws.close_reason or (f"code {ws.close_code}" if ws.close_code else "connection cut")
-        asyncio.ensure_future(self._reconnect(why))
+        self._own(self._reconnect(why))
 
     def _deliver(self, frame: bytes | str) -> None:
         if isinstance(frame, str):
             frame = frame.encode()
         channel, parts = deserialize_msg_from_ws_v1(frame)
         if channel == "iopub":
+            if b'"iopub_welcome"' in parts[0] and json.loads(parts[0])["msg_type"] == (
+                "iopub_welcome"
+            ):
+                return  # welcomes this WebSocket; ZMQ subscribers get the bridge's own
             self.sockets.send_raw("iopub", parts)
             return
         parent_id = json.loads(parts[1]).get("msg_id")

@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .backends.base import Pod
-from .backends.local import LocalBackend
-from .backends.sandbox import SandboxUnavailable
-from .bridge_zmq import KernelSockets
-from .message_validation import BadMessage, error_reply, validate
-from .runner_client import RunnerClient
-from .session import KernelSession
+from ..backends.base import Pod
+from ..backends.local import LocalBackend
+from ..backends.sandbox import SandboxUnavailable
+from ..message_validation import BadMessage, error_reply, validate
+from ..runner_client import RunnerClient
+from ..session import KernelSession
+from .sockets import KernelSockets
 
 log = logging.getLogger("kcr.bridge.local")
 
@@ -64,7 +64,7 @@ class LocalKernel:
       :class:`~kcr_kernels.backends.sandbox.SandboxUnavailable` with the
       reason; ``allow_unsandboxed`` runs the worker without bubblewrap when
       the sandbox is unavailable (with a warning).
-    * :meth:`handle` takes a verified client message.
+    * :meth:`handle_raw` takes a verified client message.
     * ``shutdown_request`` is answered by the session, then ``on_exit(0)``;
       a pod that dies makes the kernel dead: ``on_exit(1)`` after a message
       on stderr (the pending request gets its ``KernelDied`` reply first).
@@ -92,7 +92,6 @@ class LocalKernel:
         self.pod: Pod | None = None
         self.runner: RunnerClient | None = None
         self.session = KernelSession("local", username="kcr", on_shutdown=self._on_shutdown)
-        self.session.add_listener(_IopubListener(sockets))
         self._closing = False
 
     async def start(self) -> None:
@@ -114,13 +113,30 @@ class LocalKernel:
             await runner.set_env(self.env)
         self.runner = runner
         await self.session.attach_runner(runner)
+        # Attached after the session's own start-up "idle": the bridge sends the
+        # start-up statuses (starting, then idle) for both modes.
+        self.session.add_listener(_IopubListener(self.sockets))
 
-    def handle(self, channel: str, idents: list[bytes], msg: dict) -> None:
-        msg["channel"] = channel
+    def handle_raw(self, channel: str, idents: list[bytes], parts: list[bytes]) -> None:
+        """Take a verified client message (serialized parts, as :class:`KernelSockets` gives);
+        a malformed one is answered like the gateway answers it, or dropped."""
+        unpack = self.sockets.session.unpack
+        try:
+            msg = {
+                "header": unpack(parts[0]),
+                "parent_header": unpack(parts[1]),
+                "metadata": unpack(parts[2]),
+                "content": unpack(parts[3]),
+                "buffers": parts[4:],
+                "channel": channel,
+            }
+        except ValueError as e:
+            print(f"[kcr] dropped a {channel} message that is not JSON: {e}", file=sys.stderr)
+            return
         route = _ClientRoute(self.sockets, idents)
         try:
             validate(msg)
-        except BadMessage as e:  # answered like the gateway does, or dropped
+        except BadMessage as e:
             reply = error_reply(msg, e.ename, str(e))
             print(f"[kcr] refused a {channel} message: {e}", file=sys.stderr)
             if reply is not None:

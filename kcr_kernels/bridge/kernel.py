@@ -1,16 +1,22 @@
-"""The bridge kernel: a local ZMQ kernel process in front of a kcr kernel.
+"""The bridge kernel process: ZMQ sockets wired to a gateway kernel or a local one.
 
 jupyter_client (nbclient, papermill, ``jupyter execute``, Jupyter Server)
 talks to kernels only over ZMQ. ``python -m kcr_kernels.bridge -f
-CONNECTION_FILE`` binds the connection file's sockets and serves the kernel:
+CONNECTION_FILE`` (:func:`main`) binds the connection file's sockets
+(:mod:`.sockets`) and serves the kernel:
 
 * **gateway mode** (``--gateway-url`` or ``$KCR_GATEWAY_URL``): relays every
   message to a kernel on a kcr gateway over its WebSocket
-  (:mod:`kcr_kernels.bridge_gateway`). ``--kernel-id`` attaches to a kernel
-  the provisioner created; without it the bridge creates one. The token comes
-  from ``$KCR_GATEWAY_TOKEN`` (never the command line, where ``ps`` shows it).
+  (:mod:`.gateway`). ``--kernel-id`` attaches to a kernel the provisioner
+  created; without it the bridge creates one. The token comes from
+  ``$KCR_GATEWAY_TOKEN`` (never the command line, where ``ps`` shows it).
 * **local mode** (no gateway): starts one sandboxed runner itself
-  (:mod:`kcr_kernels.bridge_local`).
+  (:mod:`.local`).
+
+Start-up on iopub, as ipykernel's: each subscriber gets ``iopub_welcome``;
+``status: starting`` once the sockets are bound, ``status: idle`` once the
+kernel serves requests (requests sent before wait in ZMQ). Arguments meant
+for ipykernel are accepted and ignored (:mod:`.args`).
 
 Signals: SIGINT interrupts the running cell (jupyter_client's ``signal``
 interrupt mode), SIGTERM shuts the kernel down and releases the remote
@@ -21,7 +27,6 @@ died or could not start (the reason on stderr).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -31,58 +36,41 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
-from .bridge_zmq import ConnectionFileError, KernelSockets, read_connection_file
+from .args import BridgeArgs, kernel_env, parse_args, warn_ignored
+from .sockets import ConnectionFileError, KernelSockets, read_connection_file
 
 log = logging.getLogger("kcr.bridge")
 
-#: Environment passed to the kernel: what a gateway accepts from a start request.
-KERNEL_ENV_PREFIX = "KERNEL_"
 
+class BridgedKernel(Protocol):
+    """What serves the kernel behind the sockets (:class:`.gateway.GatewayKernel`,
+    :class:`.local.LocalKernel`)."""
 
-def kernel_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
-    """The ``KERNEL_*`` variables of ``environ`` (passed on to the remote kernel)."""
-    return {k: v for k, v in environ.items() if k.startswith(KERNEL_ENV_PREFIX)}
+    async def start(self) -> None:
+        """Make the kernel ready to serve requests; raise with the reason when it cannot."""
 
+    def handle_raw(self, channel: str, idents: list[bytes], parts: list[bytes]) -> None:
+        """Take one verified client message (header, parent, metadata, content, *buffers)."""
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m kcr_kernels.bridge",
-        description="Serve a kcr kernel to jupyter_client over ZMQ.",
-    )
-    parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
-    parser.add_argument(
-        "--gateway-url",
-        default=os.environ.get("KCR_GATEWAY_URL", ""),
-        help="kcr gateway to relay to (default $KCR_GATEWAY_URL; empty: local mode)",
-    )
-    parser.add_argument("--kernel-id", default=None, help="attach to this gateway kernel")
-    parser.add_argument(
-        "--kernel-name", default=None, help="gateway kernelspec (default kcr-<language>)"
-    )
-    parser.add_argument("--language", default="python", help="kernel language (local mode)")
-    parser.add_argument("--data-dir", default=None, help="local mode: where the pod lives")
-    parser.add_argument(
-        "--allow-unsandboxed",
-        action="store_true",
-        default=os.environ.get("KCR_ALLOW_UNSANDBOXED", "") not in ("", "0", "false"),
-        help="local mode: run without bubblewrap when it is unavailable (NOT isolated)",
-    )
-    parser.add_argument("--start-timeout", type=float, default=30.0)
-    parser.add_argument("--reconnect-timeout", type=float, default=60.0)
-    parser.add_argument("--log-level", default=os.environ.get("KCR_BRIDGE_LOG_LEVEL", "WARNING"))
-    return parser.parse_args(argv)
+    async def interrupt(self) -> None:
+        """Interrupt the running cell (SIGINT to the bridge)."""
+
+    async def close(self) -> None:
+        """Release the kernel (delete the remote kernel or the local pod)."""
 
 
 class Bridge:
     """Wires the ZMQ sockets to a gateway kernel or a local one; see the module docstring."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: BridgeArgs):
         self.args = args
         self.exit_code: int | None = None
         self._stopped = asyncio.Event()
-        self.kernel = None
+        self.kernel: BridgedKernel | None = None
         self._own_data_dir: Path | None = None
+        self._interrupts: set[asyncio.Future] = set()
         info = read_connection_file(args.connection_file)
         self.sockets = KernelSockets(info, self._on_message)
 
@@ -91,11 +79,12 @@ class Bridge:
             self.exit_code = code
         self._stopped.set()
 
-    def _make_kernel(self):
+    def _make_kernel(self) -> BridgedKernel:
         args = self.args
         env = kernel_env(os.environ)
         if args.gateway_url:
-            from .bridge_gateway import GatewayAPI, GatewayKernel
+            from .gateway import GatewayKernel
+            from .gateway_api import GatewayAPI
 
             api = GatewayAPI(args.gateway_url, os.environ.get("KCR_GATEWAY_TOKEN", ""))
             return GatewayKernel(
@@ -107,7 +96,7 @@ class Bridge:
                 reconnect_timeout=args.reconnect_timeout,
                 on_exit=self.exit,
             )
-        from .bridge_local import LocalKernel
+        from .local import LocalKernel
 
         if args.data_dir:
             data_dir = Path(args.data_dir)
@@ -125,23 +114,19 @@ class Bridge:
         )
 
     def _on_message(self, channel: str, idents: list[bytes], parts: list[bytes]) -> None:
-        kernel = self.kernel
-        if hasattr(kernel, "handle_raw"):
-            kernel.handle_raw(channel, idents, parts)
-            return
-        unpack = self.sockets.session.unpack
-        msg = {
-            "header": unpack(parts[0]),
-            "parent_header": unpack(parts[1]),
-            "metadata": unpack(parts[2]),
-            "content": unpack(parts[3]),
-            "buffers": parts[4:],
-        }
-        kernel.handle(channel, idents, msg)
+        self.kernel.handle_raw(channel, idents, parts)
 
     def _on_sigint(self) -> None:
         if self.kernel is not None:
-            asyncio.ensure_future(self.kernel.interrupt())
+            self._interrupts.add(task := asyncio.ensure_future(self.kernel.interrupt()))
+            task.add_done_callback(self._interrupts.discard)
+
+    def _publish_status(self, state: str) -> None:
+        """``status`` with no parent on iopub: ``starting`` at bind, ``idle`` once serving
+        (what ipykernel's start-up sends; subscribers are welcomed before either)."""
+        msg = self.sockets.session.msg("status", {"execution_state": state})
+        msg["parent_header"] = {}
+        self.sockets.send("iopub", msg)
 
     async def _watch_parent(self) -> None:
         """Exit when the process that launched the bridge is gone (no orphans)."""
@@ -160,6 +145,7 @@ class Bridge:
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGTERM, self.exit, 0)
         self.sockets.bind()
+        self._publish_status("starting")
         watcher = asyncio.create_task(self._watch_parent())
         try:
             self.kernel = self._make_kernel()
@@ -173,6 +159,7 @@ class Bridge:
             else:
                 stopped.cancel()
                 start.result()
+                self._publish_status("idle")
                 self.sockets.start_reading()
                 await self._stopped.wait()
         except Exception as e:
@@ -191,6 +178,7 @@ class Bridge:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    warn_ignored(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="[kcr-bridge %(levelname)s] %(message)s"
     )
@@ -203,7 +191,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kcr-bridge: error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(asyncio.run(bridge.run()))
-
-
-if __name__ == "__main__":
-    main()

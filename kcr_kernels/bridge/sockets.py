@@ -3,8 +3,19 @@
 jupyter_client speaks to kernels only over ZMQ. :class:`KernelSockets` binds
 the sockets named in a connection file, checks and signs every message with
 jupyter_client's :class:`~jupyter_client.session.Session` (the connection
-file's key and signature scheme), echoes heartbeats, and hands each verified
-client message to a callback. It knows nothing of what serves the kernel.
+file's key and signature scheme), echoes heartbeats, welcomes iopub
+subscribers, and hands each verified client message to a callback. It knows
+nothing of what serves the kernel.
+
+iopub is an XPUB socket, as in ipykernel 7: every subscription a client makes
+is answered with an ``iopub_welcome`` message (JEP 65, content
+``{"subscription": topic}``), so a client knows its iopub connection is live
+without polling ``kernel_info``. Unlike ipykernel, the socket is verbose
+(``XPUB_VERBOSE``): a second client subscribing to the same topic is welcomed
+too (the welcome goes to every subscriber of that topic; clients ignore
+welcomes they did not wait for). A subscriber is always welcomed before any
+other iopub message reaches it: pending subscriptions are answered before
+each iopub send.
 """
 
 from __future__ import annotations
@@ -56,14 +67,15 @@ def read_connection_file(path: str | Path) -> dict:
 
 
 class KernelSockets:
-    """Shell, control, stdin (ROUTER), iopub (PUB) and heartbeat (REP) of one kernel.
+    """Shell, control, stdin (ROUTER), iopub (XPUB) and heartbeat (REP) of one kernel.
 
     Contract:
 
     * :meth:`bind` binds every socket at once (so a port clash fails the
       start) and starts the heartbeat echo; client messages are read only
       after :meth:`start_reading`, so requests sent while the kernel is still
-      starting wait in ZMQ instead of getting an early answer.
+      starting wait in ZMQ instead of getting an early answer. iopub
+      subscriptions are answered (``iopub_welcome``) from :meth:`bind` on.
     * Messages whose signature does not match are dropped with a warning.
     * :meth:`send` signs a message dict (as built by ``Session.msg``) and
       writes it; :meth:`send_raw` signs already-serialized parts. Both are
@@ -96,7 +108,7 @@ class KernelSockets:
             "shell": zmq.ROUTER,
             "control": zmq.ROUTER,
             "stdin": zmq.ROUTER,
-            "iopub": zmq.PUB,
+            "iopub": zmq.XPUB,
             "hb": zmq.REP,
         }
         for channel, kind in kinds.items():
@@ -105,6 +117,8 @@ class KernelSockets:
             if kind == zmq.ROUTER:
                 # Replies to a client that went away are dropped, never block.
                 sock.router_handover = 1
+            if kind == zmq.XPUB:
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             port = self.info[f"{channel}_port"]
             try:
                 sock.bind(self._address(port))
@@ -113,7 +127,11 @@ class KernelSockets:
                 self.close()
                 raise OSError(f"cannot bind the {channel} socket on {self._address(port)}: {e}")
             self.sockets[channel] = sock
+        # iopub is written and its subscriptions read synchronously (a message is sent at
+        # once, a subscription answered before the next send); see _welcome_subscribers.
+        self._iopub = zmq.Socket.shadow(self.sockets["iopub"].underlying)
         self._tasks.append(asyncio.create_task(self._heartbeat()))
+        self._tasks.append(asyncio.create_task(self._watch_subscriptions()))
 
     def start_reading(self) -> None:
         for channel in REQUEST_CHANNELS:
@@ -125,6 +143,32 @@ class KernelSockets:
             while True:
                 frames = await sock.recv_multipart()
                 await sock.send_multipart(frames)
+
+    async def _watch_subscriptions(self) -> None:
+        sock = self.sockets["iopub"]
+        with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
+            while True:
+                await sock.poll(flags=zmq.POLLIN)
+                self._welcome_subscribers()
+
+    def _welcome_subscribers(self) -> None:
+        """Answer every subscription waiting on the XPUB socket with an ``iopub_welcome``."""
+        sock = self._iopub
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not frame or frame[0] != 1:  # b"\x00" + topic: an unsubscription
+                continue
+            try:
+                topic = frame[1:].decode()
+            except UnicodeDecodeError:
+                continue
+            welcome = self.session.msg("iopub_welcome", {"subscription": topic})
+            welcome["parent_header"] = {}
+            self.session.send(sock, welcome, ident=frame[1:] or None)
+            log.debug("welcomed an iopub subscriber (topic %r)", topic)
 
     async def _read(self, channel: str) -> None:
         sock = self.sockets[channel]
@@ -149,12 +193,21 @@ class KernelSockets:
             except Exception:
                 log.exception("handling a %s message failed", channel)
 
+    def _socket(self, channel: str) -> zmq.Socket:
+        if channel == "iopub":
+            # Welcome new subscribers first, and answer subscriptions the send let in.
+            self._welcome_subscribers()
+            return self._iopub
+        return self.sockets[channel]
+
     def send(self, channel: str, msg: dict, idents: list[bytes] | None = None) -> None:
         if self._closed or channel not in self.sockets:
             return
         self.session.send(
-            self.sockets[channel], msg, ident=idents or None, buffers=msg.get("buffers") or None
+            self._socket(channel), msg, ident=idents or None, buffers=msg.get("buffers") or None
         )
+        if channel == "iopub":
+            self._welcome_subscribers()
 
     def send_raw(self, channel: str, parts: list[bytes], idents: list[bytes] | None = None) -> None:
         """Sign and send serialized parts (header, parent, metadata, content, *buffers)."""
@@ -163,9 +216,11 @@ class KernelSockets:
         signature = self.session.sign(parts[:4])
         frames = [*(idents or []), DELIM, signature, *parts]
         try:
-            self.sockets[channel].send_multipart(frames, copy=False)
+            self._socket(channel).send_multipart(frames, copy=False)
         except zmq.ZMQError as e:
             log.warning("could not send on %s: %s", channel, e)
+        if channel == "iopub":
+            self._welcome_subscribers()
 
     def close(self) -> None:
         if self._closed:
