@@ -198,7 +198,7 @@ class KernelSession:
             self.reset_queue("the kernel was shut down")
         except Exception:
             log.exception("kernel %s: aborting queued requests failed", self.kernel_id)
-            self._queue = asyncio.Queue()
+            self._queue = ShellQueue()
         finally:
             if self._worker is not None:
                 self._worker.cancel()

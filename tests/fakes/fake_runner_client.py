@@ -72,7 +72,7 @@ class FakeRunnerClient(RunnerClient):
         for task in self._tasks:
             task.cancel()
 
-    def start_request(self, op: str, content: dict, on_event=None):
+    def start_request(self, op: str, content: dict, on_event=None, header=None):
         if self._ws is None or self.lost:
             raise RunnerGone("the runner channel is closed")
         request_id = str(next(self._ids))
