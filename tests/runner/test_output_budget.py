@@ -156,56 +156,34 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-SLOW_CHANNEL_CELLS = {
-    # 200 outputs of 1 MB each.
-    "python": (
-        "x = 'y' * 1_000_000\nfor i in range(200):\n    display({'text/plain': x}, raw=True)",
-        "display_data",
-    ),
-    "bash": (
-        "for i in $(seq 200); do head -c 1000000 /dev/zero | tr '\\0' y; echo; done",
-        "stream",
-    ),
-}
-
-
-@pytest.mark.parametrize("language", ["python", "bash"])
-async def test_a_slow_channel_does_not_fill_the_runners_memory(tmp_path, language):
+async def test_a_slow_channel_does_not_fill_the_runners_memory(tmp_path):
     """200 MB of output (no budget) to a client that does not read for a while: the runner
     stops reading the worker's pipe instead of queueing the output, so its memory stays flat;
     once the client reads, everything arrives.
 
-    What waits meanwhile waits inside the pod, in the worker (under the kernel's memory cap):
-    the Python worker's kernel publishes on ipykernel's own ZMQ iopub socket, so up to ZMQ's
-    high-water marks of output queue there; the bash worker's reader holds its share.
+    What waits meanwhile waits inside the pod, under the kernel's memory cap: the Python
+    worker's kernel publishes on ipykernel's own ZMQ iopub socket, so up to ZMQ's high-water
+    marks of output queue there before the kernel itself is held back.
     """
     import asyncio
 
-    if language == "bash" and shutil.which("bash") is None:
-        pytest.skip("no bash")
-    code, output = SLOW_CHANNEL_CELLS[language]
-    runner = RunnerProcess(
-        tmp_path, "--language", language, "--max-output-bytes", "0", "--max-output-messages", "0"
-    )
+    runner = RunnerProcess(tmp_path, "--max-output-bytes", "0", "--max-output-messages", "0")
     try:
         channel = await runner.channel()
-        await channel.execute("true" if language == "bash" else "pass")
+        await channel.execute("x = 'y' * 1_000_000")
         before = _rss(runner.ready["pid"])
+        code = "for i in range(200):\n    display({'text/plain': x}, raw=True)"
         request_id = await channel.send("execute", {"code": code})
         await asyncio.sleep(3)  # a client that does not read (the assertions are not on time)
         stalled_rss = _rss(runner.ready["pid"])
-        received = 0
+        shown = 0
         while True:
             frame = await channel.next_frame(timeout=60)
             if frame.get("id") == request_id and frame.get("event") == "reply":
                 break
-            if frame.get("event") == output:
-                received += len(
-                    frame["content"].get("text")
-                    or frame["content"].get("data", {}).get("text/plain", "")
-                )
+            shown += frame.get("event") == "display_data"
         assert frame["content"]["status"] == "ok"
-        assert received >= 200 * 1_000_000  # nothing lost
+        assert shown == 200  # nothing lost
         # 200 MB pass through; what the runner holds meanwhile is its read-ahead and send
         # buffer (a few MiB) plus allocator slack, far below the output.
         assert stalled_rss - before < 64 * 1024 * 1024, (before, stalled_rss)
