@@ -109,6 +109,7 @@ class CallCollector:
         self._reply: dict | None = None
         self._idle = False
         self._done = asyncio.Event()
+        self._started = asyncio.Event()  # the code runs (execute_input seen)
 
     def send(self, channel: str, msg: dict) -> None:
         if (msg.get("parent_header") or {}).get("msg_id") != self.msg_id:
@@ -127,6 +128,8 @@ class CallCollector:
             self._stderr.add(strip_ansi("\n".join(lines)) + "\n")
         elif msg_type in ("execute_result", "display_data"):
             self._rich(msg_type, content.get("data") or {})
+        elif msg_type == "execute_input":
+            self._started.set()
         elif msg_type == "status" and content.get("execution_state") == "idle":
             self._idle = True
         if self._reply is not None and self._idle:
@@ -174,14 +177,29 @@ class CallCollector:
             },
         }
 
-    async def run(self, code: str, timeout: float, *, silent: bool = False) -> CallResult:
-        """Queue ``code`` on the session; wait at most ``timeout`` s, then interrupt it."""
+    @staticmethod
+    async def _first(*events: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def run(
+        self, code: str, timeout: float, *, silent: bool = False, start_wait: float = 60.0
+    ) -> CallResult:
+        """Queue ``code`` on the session; once it runs, wait at most ``timeout`` s for it,
+        then interrupt it. Waiting for the kernel's turn and for a pod (a session resuming
+        on a fresh one) counts against ``start_wait`` instead."""
         session = self.session
         session.add_listener(self)
         timed_out = False
         try:
             session.handle(self, self.request(code, silent=silent), len(code))
             try:
+                if not silent:  # silent requests publish no execute_input
+                    await asyncio.wait_for(self._first(self._started, self._done), start_wait)
                 await asyncio.wait_for(self._done.wait(), timeout)
             except TimeoutError:
                 timed_out = True

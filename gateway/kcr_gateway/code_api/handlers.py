@@ -169,9 +169,12 @@ class UploadHandler(CodeAPIHandler):
         body = self.body()
         arguments: dict = {}
         files: dict = {}
-        httputil.parse_multipart_form_data(
-            boundary["boundary"].encode("latin-1"), body, arguments, files
-        )
+        try:
+            httputil.parse_multipart_form_data(
+                boundary["boundary"].encode("latin-1"), body, arguments, files
+            )
+        except httputil.HTTPInputError as e:
+            raise BadRequest(f"the multipart body is malformed: {e}") from None
         uploads = files.get("file", []) + files.get("files", [])
         if not uploads:
             if files or arguments or not body:

@@ -86,8 +86,6 @@ def _args_code(language: str, args: list[str]) -> str | None:
         import json
 
         return f"process.argv = [process.argv[0], 'main.js', ...{json.dumps(args)}];"
-    if language == "bash":
-        return "set -- " + " ".join(shlex.quote(a) for a in args)
     return None
 
 
@@ -252,7 +250,9 @@ class CodeSessions:
         ):
             raise BadRequest("'args' must be a list of strings")
         args_code = _args_code(language, args) if args else None
-        if args and args_code is None:
+        if args and language == "bash":  # each bash cell is sourced: set them in the cell
+            code = "set -- " + " ".join(shlex.quote(a) for a in args) + "\n" + code
+        elif args and args_code is None:
             raise BadRequest(f"'args' are not supported for lang {body.get('lang')!r}")
         refs = self._file_refs(body.get("files"))
         session_id = body.get("session_id")
@@ -264,12 +264,13 @@ class CodeSessions:
                 await self._switch_language(kernel, language)
         await self._copy_in(key, session_id, kernel, refs)
         before = await self._before(kernel)
+        start_wait = self.manager.start_timeout + 30.0  # a pod to resume on, then the code
         if args_code is not None:
             await CallCollector(kernel.session, limits.max_output_bytes).run(
-                args_code, limits.timeout, silent=True
+                args_code, limits.timeout + start_wait, silent=True
             )
         result = await CallCollector(kernel.session, limits.max_output_bytes).run(
-            code, limits.timeout
+            code, limits.timeout, start_wait=start_wait
         )
         changed = await self._changed(kernel, before)
         outputs = await self._save_images(kernel, result)
