@@ -120,11 +120,20 @@ async def test_upload_then_read_by_code(base):
         base, "print(open('/mnt/data/data.csv').read().split())", session_id=up["session_id"]
     )
     assert r["stdout"] == "['a,b', '1,2']\n" and r["files"] == []
-    # ... and passed by reference into a new session.
+    # Without session_id, files of one session name that session (as LibreChat's tool does).
     ref = {"id": entry["fileId"], "session_id": up["session_id"], "name": "input.csv"}
     r = await execute(base, "print(open('input.csv').read().count(','))", files=[ref])
-    assert r["stdout"] == "2\n"
-    assert r["session_id"] != up["session_id"]
+    assert r["stdout"] == "2\n" and r["session_id"] == up["session_id"]
+    assert [f["name"] for f in r["files"]] == ["input.csv"]
+    # Files of two sessions: copied into a new one.
+    body, headers = multipart([("file", "other.txt", b"o")])
+    other = (await call(base, "POST", "/v1/upload", body, headers=headers)).json()
+    refs = [ref, {"id": other["files"][0]["fileId"], "session_id": other["session_id"]}]
+    r = await execute(
+        base, "print(open('input.csv').read()[:3], open('other.txt').read())", files=refs
+    )
+    assert r["stdout"] == "a,b o\n"
+    assert r["session_id"] not in (up["session_id"], other["session_id"])
 
 
 async def test_written_files_are_listed_and_downloaded_byte_identical(base):

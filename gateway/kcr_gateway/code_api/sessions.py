@@ -10,11 +10,12 @@ pod, hibernation and a gateway restart, and is found by every replica.
 
 Contract of :class:`CodeSessions`:
 
-* :meth:`exec` runs one call: in a new session (no ``session_id``), or in the given one
-  (404 when it does not exist or belongs to another key). ``files`` from other sessions
-  of the same key are copied in first. The answer lists every file the call created or
-  changed in the working folder (hidden names, starting with ``.``, are left out) and
-  every rich image output, which is written into the working folder as a file.
+* :meth:`exec` runs one call: in the given session (404 when it does not exist or
+  belongs to another key); without ``session_id``, in the session all its ``files`` come
+  from (LibreChat's tool names the session that way), else in a new session. ``files``
+  from other sessions of the same key are copied in first. The answer lists every file
+  the call created or changed in the working folder (hidden names, starting with ``.``,
+  are left out) and every rich image output, which is written there as a file.
 * A session keeps its files across languages: a call in another language than the last
   one moves the session to a pod of that language (variables of the old one are gone).
 * :meth:`upload` stores files in a new session (or a given one) without starting a pod:
@@ -256,6 +257,10 @@ class CodeSessions:
             raise BadRequest(f"'args' are not supported for lang {body.get('lang')!r}")
         refs = self._file_refs(body.get("files"))
         session_id = body.get("session_id")
+        sources = {ref["session_id"] for ref in refs}
+        if session_id in (None, "") and len(sources) == 1:
+            # LibreChat names the session through the files of its last call: run there.
+            session_id = sources.pop()
         if session_id in (None, ""):
             session_id, kernel = await self.new_session(key, language, max_sessions)
         else:
