@@ -68,6 +68,15 @@ async def test_hello_world(polyglot, lang):
         assert "has_state" not in r
 
 
+async def test_args_reach_javascript(polyglot):
+    if "js" not in AVAILABLE:
+        pytest.skip("node is not installed")
+    r = await execute(
+        polyglot, "console.log(process.argv.slice(2).join('|'))", lang="js", args=["a", "b c"]
+    )
+    assert r["stdout"] == "a|b c\n"
+
+
 async def test_python_hello_world(polyglot):
     r = await execute(polyglot, "print('hello from py')")
     assert r["stdout"] == "hello from py\n" and r["has_state"] is True

@@ -44,7 +44,7 @@ from kcr_kernels.stores import FileNotFound, InvalidPath, StoreError, validate_p
 from kcr_kernels.workspace_sync import QuotaExceeded, WorkspaceSync
 
 from ..kernels import KCRKernelManager, RemoteKernel
-from ..kernels.errors import KernelError, http_error
+from ..kernels.errors import KernelError
 from .calls import CallCollector, CallResult
 from .errors import BadRequest, CodeAPIError, LimitReached, NotFound, TooLarge, Unavailable
 from .ids import file_id_of, is_id, kernel_id_of, new_id
@@ -399,7 +399,7 @@ class CodeSessions:
                 entry, _ = await self.files.put_file(
                     kernel.kernel_id, path, one(), max_bytes=None, kernel=kernel
                 )
-            except (StoreError, QuotaExceeded, Exception) as e:
+            except Exception as e:  # store down, quota: the call's answer still goes out
                 self.log.warning("session kernel %s: image not saved: %s", kernel.kernel_id, e)
                 result.stderr += f"[kcr] An image output could not be saved: {e}\n"
                 continue
@@ -552,7 +552,8 @@ class CodeSessions:
             for record in records:
                 if not str(record.get("user", "")).startswith("code-api:"):
                     continue
-                local = self.manager._kernels.get(record.get("id", ""))
+                kid = record.get("id", "")
+                local = self.manager.get_kernel(kid) if kid in self.manager else None
                 last = local.last_activity if local is not None else record.get("last_activity")
                 if local is not None and not local.session.idle:
                     continue
@@ -624,4 +625,4 @@ def _from_http(e: web.HTTPError) -> CodeAPIError:
     return CodeAPIError(message or "the request failed", status=e.status_code, code="kernel_error")
 
 
-__all__ = ["LANGUAGES", "STATEFUL", "CodeSessions", "http_error"]
+__all__ = ["LANGUAGES", "STATEFUL", "CodeSessions"]
