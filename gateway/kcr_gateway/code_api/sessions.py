@@ -537,12 +537,23 @@ class CodeSessions:
         now = time.time() if now is None else now
         hibernated, deleted = [], []
         if self.idle_timeout:
-            for kernel in self.manager.attached_kernels():
-                if not kernel.user.startswith("code-api:") or not kernel.session.idle:
-                    continue
-                if now - kernel.last_activity >= self.idle_timeout:
-                    if await self._release(kernel, "idle code-API session"):
-                        hibernated.append(kernel.kernel_id)
+            idle = [
+                kernel
+                for kernel in self.manager.attached_kernels()
+                if kernel.user.startswith("code-api:")
+                and kernel.session.idle
+                and now - kernel.last_activity >= self.idle_timeout
+            ]
+            done = await asyncio.gather(
+                *(self._release(k, "idle code-API session") for k in idle), return_exceptions=True
+            )
+            for kernel, released in zip(idle, done, strict=True):
+                if isinstance(released, BaseException):
+                    self.log.warning(
+                        "code API sweep: %s not hibernated: %s", kernel.kernel_id, released
+                    )
+                elif released:
+                    hibernated.append(kernel.kernel_id)
         if self.session_ttl:
             try:
                 records = await self.manager.store.list_kernels()
