@@ -35,7 +35,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ManagedProcess, free_port, machine_info, machine_line, summarize_ms
+from common import (
+    CpuMeter,
+    ManagedProcess,
+    descendant_pids,
+    free_port,
+    machine_info,
+    machine_line,
+    summarize_ms,
+)
 from kcr_gateway.code_api.ids import kernel_id_of
 
 KEY = "bench-key-0123456789abcdef"
@@ -124,14 +132,18 @@ def run(args) -> dict:
         session = answer["session_id"]
         for _ in range(20):
             client.exec(session)
-        for _ in range(args.calls):
-            existing.append(client.exec(session)[0])
+        groups = {"gateway": [gateway.pid], "pods": descendant_pids(gateway.pid)}
+        with CpuMeter(groups) as meter:
+            for _ in range(args.calls):
+                existing.append(client.exec(session)[0])
+        cpu_ms = {k: round(v * 1e3 / args.calls, 2) for k, v in meter.used.items()}
         baseline = asyncio.run(websocket_baseline(port, args.calls))
         throughput = concurrent(port, args.sessions, args.seconds, args.warm)
         gateway.remember_descendants()
     return {
         "new_session": summarize_ms(new),
         "existing_session": summarize_ms(existing),
+        "existing_session_cpu_ms_per_call": cpu_ms,
         "websocket_baseline": summarize_ms(baseline),
         "concurrent": throughput,
         "machine": machine_info(["tornado", "jupyter_server", "ipykernel"]),
@@ -245,6 +257,8 @@ def main(argv=None) -> int:
     ):
         s = result[key]
         print(f"{name:32} {s['n']:>5} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {target:>7} ms")
+    cpu = result["existing_session_cpu_ms_per_call"]
+    print(f"CPU per existing-session call: gateway {cpu['gateway']} ms, pods {cpu['pods']} ms")
     s = result["websocket_baseline"]
     name = "baseline: WebSocket execute"
     print(f"{name:32} {s['n']:>5} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {'-':>10}")
