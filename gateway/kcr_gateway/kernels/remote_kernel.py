@@ -151,11 +151,11 @@ class RemoteKernel(LoggingConfigurable):
 
     @property
     def execution_state(self) -> str:
-        if self.state is KernelState.HIBERNATED:
-            return "hibernated"
-        if not self.attached:
-            return "idle"
-        return self.session.execution_state
+        """``hibernated`` for a kernel without a pod here (hibernated, pod lost, adopted after
+        a gateway restart) unless a request is resuming it (``busy``); else the session's."""
+        if self.attached or not self.session.idle:
+            return self.session.execution_state
+        return "hibernated"
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -382,7 +382,7 @@ class RemoteKernel(LoggingConfigurable):
             lost_reason = self.lost_reason
             if self.pod is not None:
                 await self.drop_pod()
-            await self.host.leases.take(self.kernel_id)
+            await self.host.leases.take(self.kernel_id, on_wait=self.session.tell_user)
             await self.attach(self.host.start_timeout)
             result = None
             if restore_state:
