@@ -27,7 +27,12 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
 from kcr_kernels.pool import PodPool, PoolConfig
-from kcr_kernels.stores import StoreError, open_file_store, open_kernel_store
+from kcr_kernels.stores import (
+    StoreError,
+    StoreUnavailable,
+    open_file_store,
+    open_kernel_store,
+)
 from kcr_kernels.stores.kernel_store_health import HealthCheckedKernelStore
 from kcr_kernels.workspace_sync import WorkspaceSync
 
@@ -509,10 +514,12 @@ class KCRGateway(JupyterApp):
             raise StartupError(
                 f"cannot read the token file {self.identity_provider.token_file}: {e.strerror or e}"
             )
-        try:
-            await self.kernel_store.ping()
+        try:  # the store itself, not its health flag: a start-up failure is one line
+            await self.kernel_store.inner.ping()
         except StoreError as e:
-            raise StartupError(f"the kernel store is unreachable: {e}")
+            if isinstance(e, StoreUnavailable):
+                raise StartupError(f"the kernel store is unreachable: {e}")
+            raise StartupError(f"the kernel store does not work: {e}")
         await self.kernel_manager.load_registry_view()
         await self.pool.start()
         self.identity_provider.validate_security(self)
