@@ -36,9 +36,10 @@ class GatewayProcess:
             "kcr_gateway.app",
             f"--port={port}",
             f"--data-dir={data_dir}",
-            f"--KCRGateway.pools={json.dumps({'python': {'warm': warm}})}",
             *args,
         ]
+        if not any(a.startswith("--KCRGateway.pools=") for a in args):
+            self.command.append(f"--KCRGateway.pools={json.dumps({'python': {'warm': warm}})}")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KCR_")}
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
