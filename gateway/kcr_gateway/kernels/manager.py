@@ -190,7 +190,7 @@ class KCRKernelManager(LoggingConfigurable):
     )
     kernel_info_timeout = Float(60.0, config=True, help="Seconds a client waits for kernel_info.")
     registry_list_timeout = Float(
-        0.08,
+        0.05,
         config=True,
         help="Seconds GET /api/kernels waits for the registry; after it (or when the registry "
         "is known to be down) the answer is this gateway's own kernels, with the header "
