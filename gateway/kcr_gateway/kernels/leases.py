@@ -196,6 +196,7 @@ class KCRLeaseKeeper(LoggingConfigurable):
                 self.log.error("Kernel %s: lease lost to another replica; dropping its pod", kid)
                 async with kernel.lock:
                     await kernel.drop_pod()
+                kernel.registry_owner = await self.store.lease_owner(kid) or ""
                 return
         asker = await self.store.lease_owner(kid + HANDOFF)
         if asker and asker != self.owner:
