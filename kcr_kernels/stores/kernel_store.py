@@ -69,6 +69,9 @@ class KernelStore(abc.ABC):
     state_ttl: float | None
     #: largest state blob accepted, in bytes; ``None`` = no limit of ours
     max_state_bytes: int | None
+    #: a store on this machine's disk (SQLite), not a network service: it cannot stall
+    #: the way a stopped server does, so callers need not bound its calls more tightly
+    local: bool = False
 
     # -- kernel records -------------------------------------------------
     @abc.abstractmethod

@@ -4,8 +4,9 @@
 one it opens) and keeps one health flag:
 
 * Every call goes to the inner store. Record and lease calls (small, on the request
-  path) are also bounded by ``call_timeout`` seconds; state blobs are not (a 500 MB
-  checkpoint may take longer), they keep the inner store's own timeouts.
+  path) of a network store are also bounded by ``call_timeout`` seconds; state blobs
+  are not (a 500 MB checkpoint may take longer), nor are calls of a ``local`` store
+  (SQLite: a busy machine is not an outage); they keep the inner store's own timeouts.
 * A call that fails with :class:`StoreUnavailable` (or runs over ``call_timeout``)
   marks the store **down**, logs one warning, and starts a probe that pings the
   inner store every ``probe_interval`` seconds (each ping bounded by
@@ -51,6 +52,7 @@ class HealthCheckedKernelStore(KernelStore):
     ):
         self.inner = inner
         self.url = inner.url
+        self.local = inner.local
         self.state_ttl = inner.state_ttl
         self.max_state_bytes = inner.max_state_bytes
         self.call_timeout = call_timeout
@@ -134,7 +136,7 @@ class HealthCheckedKernelStore(KernelStore):
                 "the gateway keeps checking it",
             )
         try:
-            if bounded and self.call_timeout:
+            if bounded and self.call_timeout and not self.local:
                 return await asyncio.wait_for(fn(), self.call_timeout)
             return await fn()
         except TimeoutError:
@@ -187,7 +189,7 @@ class HealthCheckedKernelStore(KernelStore):
     async def ping(self) -> None:
         """Ask the inner store directly (also while it is flagged down) and update the flag."""
         try:
-            if self.call_timeout:
+            if self.call_timeout and not self.local:
                 await asyncio.wait_for(self.inner.ping(), self.call_timeout)
             else:
                 await self.inner.ping()

@@ -93,6 +93,8 @@ class SqliteKernelStore(KernelStore):
     :class:`StoreUnavailable`.
     """
 
+    local = True
+
     def __init__(
         self,
         url: str,

@@ -192,9 +192,10 @@ class KCRKernelManager(LoggingConfigurable):
     registry_list_timeout = Float(
         0.05,
         config=True,
-        help="Seconds GET /api/kernels waits for the registry; after it (or when the registry "
-        "is known to be down) the answer is this gateway's own kernels, with the header "
-        "X-KCR-Registry: unreachable. 0: wait as long as the store's own timeout.",
+        help="Seconds GET /api/kernels waits for a networked registry (Redis); after it (or "
+        "when the registry is known to be down) the answer is this gateway's own view, with "
+        "the header X-KCR-Registry: unreachable. 0: wait as long as the store's own timeout. "
+        "Not applied to the local SQLite store.",
     )
     start_timeout = Float(
         config=True,
@@ -302,10 +303,9 @@ class KCRKernelManager(LoggingConfigurable):
         store = self.store
         records = None
         if getattr(store, "reachable", True):
+            bound = None if getattr(store, "local", False) else self.registry_list_timeout
             try:
-                records = await asyncio.wait_for(
-                    store.list_kernels(), self.registry_list_timeout or None
-                )
+                records = await asyncio.wait_for(store.list_kernels(), bound or None)
             except TimeoutError:
                 self.log.warning(
                     "Kernel registry did not answer within %g s: listing this gateway's "
