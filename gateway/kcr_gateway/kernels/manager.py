@@ -154,6 +154,10 @@ class KCRKernelManager(LoggingConfigurable):
       pool a 503, a pod that will not start a 503 with the reason.
     * :meth:`adopt` makes a kernel known to this replica from the registry
       (404 if the registry has no such kernel); handlers call it first.
+    * :meth:`list_kernels_from_registry` answers within ``registry_list_timeout``
+      for a networked registry: when it fails or is slow, from this replica's own
+      view (the kernels the registry last listed, and those it runs), saying so.
+      A kernel without a pod is ``hibernated``; one another replica runs, ``idle``.
     * A request on a kernel without a pod puts it on a fresh pod with its
       files and last checkpoint (resume, recovery, hand-off).
     * :meth:`restart_kernel` puts the kernel on a fresh pod with its files
