@@ -31,7 +31,9 @@ async def test_a_stalled_redis_does_not_stall_the_api(tmp_path):
     redis = RedisServer().start()
     app = await start_gateway(
         tmp_path,
-        manager={"checkpoint_delay": 0.05},
+        # A listing waits for a healthy Redis up to 0.5 s here (default 50 ms): on a loaded CI
+        # machine a healthy answer can take longer than 50 ms.
+        manager={"checkpoint_delay": 0.05, "registry_list_timeout": 0.5},
         kernel_store_url=redis.url,
         pools={"python": {"warm": 1}},
     )

@@ -87,6 +87,7 @@ async def test_a_kernel_held_by_a_live_replica_is_busy_then_says_why(tmp_path, r
         ]
         assert len(waiting) == 1
         assert a.kernel_manager.owner in waiting[0]["content"]["text"]
+        await wait_for(lambda: long_cell.reply is not None, 30, "A's reply")
         assert long_cell.reply["content"]["status"] == "ok"  # A finished its cell first
         on_a.close()
         on_b.close()
