@@ -404,18 +404,20 @@ async def abuse_size_limit(url: str, kernel_id: str, seconds: float) -> str:
         msg = new_message("kernel_info_request", {}, "abuse")
         msg["metadata"]["pad"] = ""
         msg["metadata"]["pad"] = "x" * (limit + extra - len(json.dumps(msg).encode()))
-        async with websockets.connect(_ws_url(url, kernel_id), max_size=None) as ws:
-            await ws.send(json.dumps(msg))
-            try:
+        try:
+            async with websockets.connect(
+                _ws_url(url, kernel_id), max_size=None, compression=None
+            ) as ws:
+                await ws.send(json.dumps(msg))
                 while True:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), seconds))
                     if frame.get("msg_type") == "kernel_info_reply":
                         _count(seen, f"{limit + extra} B: kernel_info_reply")
                         break
-            except websockets.ConnectionClosed as e:
-                _count(seen, f"{limit + extra} B: closed {e.rcvd.code if e.rcvd else 'none'}")
-            except TimeoutError:
-                _count(seen, f"{limit + extra} B: no answer")
+        except websockets.ConnectionClosed as e:
+            _count(seen, f"{limit + extra} B: closed {e.rcvd.code if e.rcvd else 'none'}")
+        except TimeoutError:
+            _count(seen, f"{limit + extra} B: no answer")
     return _described(seen)
 
 
