@@ -7,6 +7,7 @@ share one kernel's CPU weight.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from kcr_kernels.backends.cgroups import PodCgroups
+from kcr_kernels.backends.local import LocalBackend
 from tests.jupyter_server.servers import GatewayProcess
 from tests.sandbox.sandbox_helpers import needs_bwrap
 
@@ -77,6 +79,10 @@ def test_sigkill_of_a_real_gateway_leaves_no_runner_or_worker(tmp_path):
             time.sleep(0.1)
         left = [p.pid for p in tree if _alive(p)]
         assert not left, f"still running after the gateway was SIGKILLed: {left}"
+        # The next gateway on the same data dir removes the pods' folders and cgroups.
+        backend = LocalBackend(tmp_path / "data", sandbox=False)
+        asyncio.run(backend.start())
+        assert list((tmp_path / "data" / "pods").iterdir()) == []
     finally:
         for proc in psutil.Process().children(recursive=True):  # never leave one behind
             if proc.pid != os.getpid() and _alive(proc) and "kcr" in " ".join(proc.cmdline()):
