@@ -74,6 +74,8 @@ LONG_RUNNING_FIRST = (
     "tests/jupyter_server/test_gateway_lifecycle.py",
     "tests/kubernetes/test_gateway_replicas.py",
     "tests/gateway/test_output_flood.py",
+    "tests/code_api/test_librechat.py",  # installs @librechat/agents with npm on first use
+    "tests/code_api/test_code_api.py",
 )
 
 

@@ -37,6 +37,7 @@ from kcr_kernels.stores.kernel_store_health import HealthCheckedKernelStore
 from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__, redact
+from .code_api import KCRCodeAPI, mount_code_api
 from .data_lock import DataDirBusy, DataDirLock, DataDirUnusable
 from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
@@ -97,6 +98,7 @@ class KCRGateway(JupyterApp):
             KCRIdentityProvider,
             KCRAuthorizer,
             KCRWebsocketConnection,
+            KCRCodeAPI,
         ]
 
     # -- network ---------------------------------------------------------------
@@ -113,6 +115,25 @@ class KCRGateway(JupyterApp):
     @default("auth_token")
     def _auth_token_default(self) -> str:
         return os.environ.get("KCR_AUTH_TOKEN", "")
+
+    code_api_keys = List(
+        Unicode(),
+        config=True,
+        help="API keys of the code-interpreter API (/v1/exec, x-api-key header), or their "
+        "hashes (sha256:<hex>). Default: $KCR_CODE_API_KEYS (comma-separated). Other "
+        "options of that API: KCRCodeAPI.",
+    )
+
+    @default("code_api_keys")
+    def _code_api_keys_default(self) -> list[str]:
+        return [k for k in os.environ.get("KCR_CODE_API_KEYS", "").split(",") if k.strip()]
+
+    code_api_keys_file = Unicode(
+        "",
+        config=True,
+        help="A file of code-interpreter API keys, one a line: the key or sha256:<hex>, "
+        "optionally followed by rate=N (calls/minute), sessions=N, name=X. Re-read on change.",
+    )
 
     allow_origin = Unicode("", config=True, help="Access-Control-Allow-Origin value ('*' for any).")
     allow_origin_pat = Unicode("", config=True, help="Regex of allowed CORS origins.")
@@ -285,6 +306,7 @@ class KCRGateway(JupyterApp):
         self.http_server: httpserver.HTTPServer | None = None
         self.pool: PodPool | None = None
         self.kernel_manager: KCRKernelManager | None = None
+        self.code_api = None
         self.data_lock: DataDirLock | None = None
         self._sockets: list | None = None
 
@@ -443,6 +465,10 @@ class KCRGateway(JupyterApp):
         self.authorizer = KCRAuthorizer(
             parent=self, log=self.log, identity_provider=self.identity_provider
         )
+        try:
+            self.code_api = mount_code_api(self, [c.language for c in configs])
+        except (OSError, ValueError) as e:
+            raise StartupError(f"code API: {e}")
         if self.authorizer.kernel_ownership and not self.identity_provider.auth_enabled:
             raise StartupError(
                 "kernel_ownership needs identities: set an auth token, a token file "
@@ -450,9 +476,10 @@ class KCRGateway(JupyterApp):
             )
 
     def make_web_app(self) -> web.Application:
+        routes = self.code_api.handlers() if self.code_api is not None else []
         handlers = [
             (url_path_join(self.base_url, pattern), *rest)
-            for pattern, *rest in with_json_errors(default_handlers() + files_handlers())
+            for pattern, *rest in routes + with_json_errors(default_handlers() + files_handlers())
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader
@@ -528,6 +555,8 @@ class KCRGateway(JupyterApp):
         sockets, self._sockets = self._sockets, None
         self.http_server.add_sockets(sockets)
         self.kernel_manager.start_background()
+        if self.code_api is not None:
+            self.code_api.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
 
@@ -590,6 +619,8 @@ class KCRGateway(JupyterApp):
             await self.identity_provider.stop()
         if getattr(self, "_ready_task", None) is not None:
             self._ready_task.cancel()
+        if getattr(self, "code_api", None) is not None:
+            await self.code_api.stop()
         if self.kernel_manager is not None:
             self.kernel_manager.stop_background()
             await self._bounded(self.kernel_manager.detach_all(), "hibernating kernels")

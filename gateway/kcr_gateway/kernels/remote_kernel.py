@@ -142,6 +142,8 @@ class RemoteKernel(LoggingConfigurable):
         self.sync_wanted: str | None = None
         self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
+        #: the runner's workspace fingerprint after the last cell (None: not known)
+        self.workspace_fingerprint: str | None = None
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.session = self._new_session()
         # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
@@ -253,6 +255,7 @@ class RemoteKernel(LoggingConfigurable):
         self.dirty = True
         self.host.checkpointer.schedule(self)
         fingerprint = frame.get("workspace")
+        self.workspace_fingerprint = fingerprint
         if fingerprint is not None and fingerprint == self.synced_workspace:
             return  # the cell changed no file
         if self.host.files is not None and self.runner is not None:
