@@ -61,7 +61,7 @@ class _Base:
 
 
 def conflict_name(path: str, stamp: str) -> str:
-    """``a/data.csv`` → ``a/data.kernel-<stamp>.csv``; ``Makefile`` → ``Makefile.kernel-<stamp>``."""
+    """``a/data.csv`` → ``a/data.kernel-<stamp>.csv``; ``Makefile`` → ``Makefile.kernel-…``."""
     folder, slash, name = path.rpartition("/")
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
