@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .connection import SETTINGS_KEY, FolderSyncConnection
-from .manager import KCRFolderSync
-
-__all__ = ["SETTINGS_KEY", "FolderSyncConnection", "KCRFolderSync"]
+# Nothing is imported here at import time: the provisioner uses .folder_sync without
+# loading Jupyter Server.
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -28,7 +26,9 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from jupyter_server.gateway.connections import GatewayWebSocketConnection
 
+    from .connection import SETTINGS_KEY, FolderSyncConnection
     from .gateway_files import GatewayFiles
+    from .manager import KCRFolderSync
 
     gateway = getattr(serverapp, "gateway_config", None)
     if gateway is None or not gateway.gateway_enabled:
