@@ -28,7 +28,7 @@ PNG = base64.b64decode(
 
 def _notebook():
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nb.cells = [
         nbformat.v4.new_code_cell("print(open('data.csv').read().strip())"),
         nbformat.v4.new_code_cell("from IPython.display import Image\nImage('python.png')"),
