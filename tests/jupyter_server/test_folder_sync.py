@@ -312,3 +312,23 @@ async def test_a_restarted_gateway_keeps_both_sides(api, jupyter, gateway, folde
         assert run.stdout == "b d k1\n"
         await nb.run("open('k2.txt', 'w').write('k2')")
         assert (folder / "k2.txt").read_text() == "k2"
+
+
+async def test_python3_notebooks_start_on_kcr_python(api, jupyter, gateway, folder):
+    """Jupyter Server's own default (python3) and stock notebooks' kernelspec name start
+    kcr-python through the gateway's alias; the alias is not a second launcher entry."""
+    specs = await ServerAPI(gateway.url, gateway.token).call("GET", "/api/kernelspecs")
+    assert "python3" not in specs["kernelspecs"] and specs["default"] == "kcr-python"
+    spec = await ServerAPI(gateway.url, gateway.token).call("GET", "/api/kernelspecs/python3")
+    assert spec["spec"]["display_name"] == "Python 3 (kcr)"
+    model = await api.start_session("python3", path=f"{folder.name}/stock.ipynb")
+    try:
+        assert model["kernel"]["name"] == "kcr-python"
+        ch = await KernelChannels.open(api, model["kernel"]["id"], model["id"])
+        try:
+            run = await ch.execute("import os; print(os.getcwd())")
+            assert run.stdout == "/work\n"
+        finally:
+            ch.close()
+    finally:
+        await api.call("DELETE", f"/api/sessions/{model['id']}")
