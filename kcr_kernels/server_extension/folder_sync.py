@@ -99,6 +99,8 @@ class KernelFolderSync:
     refused: dict[str, Sig] = field(default_factory=dict)
     #: the gateway has no files API for this kernel (not a kcr gateway): sync is off.
     unsupported: bool = False
+    #: the ``version`` of the kernel's files at the last listing, if the gateway gives one.
+    version: str | None = None
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ class KernelFolderSync:
             if self.base is None or self.unsupported:
                 return []
             try:
-                remote, _ = await self.files.list(self.kernel_id)
+                remote, _, _ = await self.files.list(self.kernel_id)
             except GatewayFilesError as e:
                 return [f"[kcr] the files of {self.label} stay in the kernel: {e.message}"]
             doomed = [p for p, b in self.base.items() if p in remote and remote[p].sha256 == b.sha]
@@ -135,6 +137,19 @@ class KernelFolderSync:
         if self.unsupported:
             return []
         notices: list[str] = []
+        remote: dict[str, RemoteFile] | None = None
+        sync_error: str | None = None
+        listed = False
+        if (listing or self.base is None) and "refused" not in self.told:
+            try:
+                remote, sync_error = await self._list()
+            except GatewayFilesError as e:
+                return self._failed(e)
+            listed = True
+            if remote is None and self.base is not None:
+                # After a cell that changed no file (the gateway knows from the cell's
+                # workspace fingerprint): nothing to do; F's own changes go before the next.
+                return self._recovered()
         scan = await asyncio.to_thread(self.folder.scan, self.rules)
         if scan.refused:
             if self.told.get("refused") != scan.refused:
@@ -146,29 +161,36 @@ class KernelFolderSync:
             return notices
         self.told.pop("refused", None)
         notices += self._skipped_notice(scan)
-        sync_error = None
         try:
-            if listing or self.base is None:
-                remote, sync_error = await self.files.list(self.kernel_id)
-            else:
-                remote = None
-        except GatewayFilesError as e:
-            return notices + self._failed(e)
-        if self.base is None and remote is None:  # pragma: no cover - listing forced above
-            return notices
-        try:
+            if (listing or self.base is None) and not listed:
+                remote, sync_error = await self._list()
             notices += await self._reconcile(scan, remote)
         except GatewayFilesError as e:
+            self.version = None
             return notices + self._failed(e)
         if sync_error and self.told.get("sync_error") != sync_error:
             self.told["sync_error"] = sync_error
             notices.append(f"[kcr] some of the kernel's files are not saved yet: {sync_error}")
         elif not sync_error:
             self.told.pop("sync_error", None)
-        if self.outage is not None:
-            self.outage = None
-            notices.append(f"[kcr] {self.label} and the kernel's folder are in sync again.")
-        return notices
+        return notices + self._recovered()
+
+    async def _list(self) -> tuple[dict[str, RemoteFile] | None, str | None]:
+        """The gateway's listing; ``None`` files when unchanged since the last one (the
+        base then stands for the kernel's side)."""
+        unless = self.version if self.base is not None else None
+        try:
+            remote, sync_error, self.version = await self.files.list(self.kernel_id, unless)
+        except GatewayFilesError:
+            self.version = None
+            raise
+        return remote, sync_error
+
+    def _recovered(self) -> list[str]:
+        if self.outage is None:
+            return []
+        self.outage = None
+        return [f"[kcr] {self.label} and the kernel's folder are in sync again."]
 
     def _failed(self, e: GatewayFilesError) -> list[str]:
         if e.status == 404:
@@ -300,6 +322,8 @@ class KernelFolderSync:
             await self._download(path, copy)  # the kernel's version, beside F's
             await self._upload(path, base, vanished, notices)  # F's version wins
 
+        if uploads or remote_deletes or conflicts:
+            self.version = None  # the kernel's files change: the next listing is a full one
         jobs = [download(k, f) for k, f in downloads]
         jobs += [upload(p) for p in uploads]
         jobs += [delete_remote(p) for p in remote_deletes]

@@ -96,12 +96,21 @@ class GatewayFiles:
         except (OSError, TimeoutError) as e:
             raise GatewayFilesError(599, f"the gateway cannot be reached: {e}") from None
 
-    async def list(self, kernel_id: str) -> tuple[dict[str, RemoteFile], str | None]:
-        """The kernel's stored files and the gateway's ``sync_error`` (files of the pod that
-        could not be saved yet), after the gateway synced the live pod."""
-        response = await self._fetch(self._request(self._url(kernel_id)))
+    async def list(
+        self, kernel_id: str, unless: str | None = None
+    ) -> tuple[dict[str, RemoteFile] | None, str | None, str | None]:
+        """``(files, sync_error, version)``: the kernel's stored files after the gateway
+        synced the live pod, the gateway's ``sync_error`` (files of the pod not saved yet)
+        and the listing's ``version``. With ``unless`` = the version of an earlier listing,
+        ``files`` is ``None`` when nothing changed since (the gateway answers that at once)."""
+        url = self._url(kernel_id)
+        if unless:
+            url += "?unless=" + quote(unless, safe="")
+        response = await self._fetch(self._request(url))
         try:
             body = json.loads(response.body)
+            if body.get("unchanged") and unless:
+                return None, None, unless
             files = {
                 f["path"]: RemoteFile(f["path"], int(f["size"]), f.get("sha256"))
                 for f in body["files"]
@@ -110,7 +119,7 @@ class GatewayFiles:
             raise GatewayFilesError(
                 502, f"the gateway's file listing is not what kcr-gateway sends: {e}"
             ) from None
-        return files, body.get("sync_error")
+        return files, body.get("sync_error"), body.get("version")
 
     async def download(self, kernel_id: str, path: str, write: Callable[[bytes], Any]) -> None:
         """Stream the file's bytes into ``write`` as they arrive (tornado hands over chunks of

@@ -16,6 +16,7 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -68,17 +69,19 @@ class Rules:
     max_bytes: int = 0
     max_files: int = 0
 
+    def __post_init__(self) -> None:
+        regex = "|".join(fnmatch.translate(p) for p in self.skip_patterns) or r"(?!)"
+        self._match = re.compile(regex).match
+
     def excluded(self, path: str) -> bool:
         """True when ``path`` never takes part (hidden or a skip pattern)."""
-        parts = path.split("/")
-        if any(p.startswith(".") for p in parts):
+        if self._match(path):
             return True
-        for pattern in self.skip_patterns:
-            if fnmatch.fnmatchcase(path, pattern):
-                return True
-            if any(fnmatch.fnmatchcase(p, pattern) for p in parts):
-                return True
-        return False
+        return any(self.excluded_name(p) for p in path.split("/"))
+
+    def excluded_name(self, name: str) -> bool:
+        """True when one path segment is hidden or matches a skip pattern."""
+        return name.startswith(".") or self._match(name) is not None
 
     def too_large(self, size: int) -> str | None:
         if self.max_file_bytes and size > self.max_file_bytes:
@@ -106,6 +109,7 @@ class LocalFolder:
 
     def __init__(self, root: str):
         self.root = os.path.realpath(root)
+        self._valid: set[str] = set()  # paths validate_path accepted (a pure function)
 
     # -- scanning ------------------------------------------------------------------------
 
@@ -155,7 +159,8 @@ class LocalFolder:
             except UnicodeEncodeError:
                 result.skipped.append(Skipped(printable(rel), "its name is not UTF-8"))
                 continue
-            if rules.excluded(rel):
+            # Parents were checked on the way down: only this name and the whole path.
+            if rules.excluded_name(entry.name) or (prefix and rules._match(rel)):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -171,11 +176,13 @@ class LocalFolder:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            try:
-                validate_path(rel)
-            except InvalidPath as e:
-                result.skipped.append(Skipped(rel, f"the kernel cannot hold it ({e.detail})"))
-                continue
+            if rel not in self._valid:
+                try:
+                    validate_path(rel)
+                except InvalidPath as e:
+                    result.skipped.append(Skipped(rel, f"the kernel cannot hold it ({e.detail})"))
+                    continue
+                self._valid.add(rel)
             why = rules.too_large(st.st_size)
             if why:
                 result.skipped.append(Skipped(rel, why))

@@ -138,6 +138,7 @@ class RemoteKernel(LoggingConfigurable):
         self.sync_wanted: str | None = None
         self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
+        self.last_workspace: str | None = None  # fingerprint the last cell's reply carried
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.session = self._new_session()
         # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
@@ -240,7 +241,7 @@ class RemoteKernel(LoggingConfigurable):
             return
         self.dirty = True
         self.host.checkpointer.schedule(self)
-        fingerprint = frame.get("workspace")
+        fingerprint = self.last_workspace = frame.get("workspace")
         if fingerprint is not None and fingerprint == self.synced_workspace:
             return  # the cell changed no file
         if self.host.files is not None and self.runner is not None:
