@@ -124,10 +124,8 @@ class KCRFolderSync(LoggingConfigurable):
         folder_api = path.strip("/").rpartition("/")[0]
         if any(fnmatch.fnmatchcase(folder_api, p) for p in self.exclude_folders):
             return None
-        folder = await asyncio.to_thread(self._folder, folder_api)
+        folder = await asyncio.to_thread(self._locate, folder_api, path)
         if folder is None:
-            return None
-        if path.endswith(".ipynb") and not await asyncio.to_thread(self._notebook_allows, path):
             return None
         current = self._kernels.get(kernel_id)
         if current is not None and current.folder.root == folder:
@@ -144,6 +142,13 @@ class KCRFolderSync(LoggingConfigurable):
         self._kernels[kernel_id] = sync
         self.log.info("kcr folder sync: kernel %s ↔ %s", kernel_id, folder)
         return sync
+
+    def _locate(self, folder_api: str, path: str) -> str | None:
+        """The folder to sync for the session at ``path``, ``None`` when it does not sync."""
+        folder = self._folder(folder_api)
+        if folder is None or (path.endswith(".ipynb") and not self._notebook_allows(path)):
+            return None
+        return folder
 
     def _folder(self, folder_api: str) -> str | None:
         """The folder on disk, if it exists inside the server's root (no link leads out)."""
