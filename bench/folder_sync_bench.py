@@ -41,9 +41,19 @@ def notebook(path: Path, sync: bool) -> None:
     path.write_text(json.dumps({"cells": [], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}))
 
 
-async def cell_times(api: ServerAPI, path: str, cells: int) -> tuple[list[float], float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def cell_times(
+    api: ServerAPI, path: str, cells: int, server_pid: int = 0
+) -> tuple[list[float], float, float]:
     """(round trip of each ``1+1`` after the first, seconds from session start to the
-    first reply)."""
+    first reply, CPU seconds the Jupyter Server spent per measured cell)."""
     started = time.perf_counter()
     model = await api.start_session(path=path)
     ch = await KernelChannels.open(api, model["kernel"]["id"], model["id"])
@@ -59,12 +69,14 @@ async def cell_times(api: ServerAPI, path: str, cells: int) -> tuple[list[float]
                 raise RuntimeError("the first sync did not finish within 600 s")
             first = await ch.execute("1+1", timeout=600)
         times = []
+        cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         for _ in range(cells):
             t0 = time.perf_counter()
             run = await ch.execute("1+1")
             times.append(time.perf_counter() - t0)
             assert run.reply["status"] == "ok"
-        return times, to_first
+        cpu = (cpu_seconds(server_pid) - cpu0) / max(cells, 1) if server_pid else 0.0
+        return times, to_first, cpu
     finally:
         ch.close()
         await api.call("DELETE", f"/api/sessions/{model['id']}")
@@ -111,13 +123,19 @@ async def main_async(args) -> None:
                 sub.mkdir(exist_ok=True)
                 (sub / f"f{i:04}.txt").write_text(f"file {i}\n")
             notebook(folder / "nb.ipynb", sync)
-            times, _ = await cell_times(api, f"many-{name}/nb.ipynb", args.cells)
-            rows.append((name, times))
-        on, off = rows[0][1], rows[1][1]
+            times, _, cpu = await cell_times(
+                api, f"many-{name}/nb.ipynb", args.cells, server.proc.pid
+            )
+            rows.append((name, times, cpu))
+        (_, on, cpu_on), (_, off, cpu_off) = rows
         print(f"per-cell `1+1` through Jupyter Server, {args.files} unchanged files in the folder")
         print(f"  sync on : p50 {ms(on):6.2f} ms  p90 {ms(on, 0.9):6.2f} ms")
         print(f"  sync off: p50 {ms(off):6.2f} ms  p90 {ms(off, 0.9):6.2f} ms")
         print(f"  added by the sync (p50 difference): {ms(on) - ms(off):6.2f} ms")
+        print(
+            f"  Jupyter Server CPU per cell: {cpu_on * 1e3:.2f} ms on, {cpu_off * 1e3:.2f} ms off"
+            f" (+{(cpu_on - cpu_off) * 1e3:.2f} ms)"
+        )
 
         big = root / "big"
         big.mkdir()
@@ -131,8 +149,8 @@ async def main_async(args) -> None:
         empty = root / "empty"
         empty.mkdir()
         notebook(empty / "nb.ipynb", True)
-        _, first_empty = await cell_times(api, "empty/nb.ipynb", 0)
-        _, first_big = await cell_times(api, "big/nb.ipynb", 0)
+        _, first_empty, _ = await cell_times(api, "empty/nb.ipynb", 0)
+        _, first_big, _ = await cell_times(api, "big/nb.ipynb", 0)
         print(f"time to first cell (session start → first reply), {10 * per_file} MB in 10 files")
         print(f"  empty folder: {first_empty:6.2f} s")
         print(f"  {10 * per_file} MB      : {first_big:6.2f} s")
