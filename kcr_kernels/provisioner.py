@@ -150,6 +150,10 @@ class KCRProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = dict(kwargs.get("env") or os.environ)
+        # The notebook's folder (jupyter_client's cwd): local mode binds it as the sandbox's
+        # working folder, gateway mode syncs it with the kernel's (kcr_kernels.bridge).
+        if kwargs.get("cwd") and not env.get("KERNEL_WORKING_DIR"):
+            env["KERNEL_WORKING_DIR"] = os.path.abspath(kwargs["cwd"])  # noqa: ASYNC240
         extra = ["--language", self._language()]
         if self.gateway_url:
             try:

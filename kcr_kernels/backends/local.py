@@ -228,15 +228,21 @@ class LocalBackend(PodBackend):
 
     # -- pods --------------------------------------------------------------------------
 
-    async def create(self, language: str) -> Pod:
+    async def create(self, language: str, workspace: Path | None = None) -> Pod:
+        """Start a pod. ``workspace``: an existing host folder to bind at ``/work`` instead
+        of a fresh one (the provisioner's local mode binds the notebook's folder); it is
+        never chowned nor removed, and the sandbox runs as this process's own uid so the
+        files it writes there belong to the user who started the kernel."""
         name = f"kcr-{language}-{secrets.token_hex(5)}"
         token = secrets.token_urlsafe(32)
         pod = Pod(name=name, language=language, token=token)
-        workspace = self.pods_dir / name / "work"
-        await asyncio.to_thread(workspace.mkdir, parents=True)
+        own_folder = workspace is not None
+        if workspace is None:
+            workspace = self.pods_dir / name / "work"
+            await asyncio.to_thread(workspace.mkdir, parents=True)
         files_identity: list[str] = []
         busy = await asyncio.to_thread(_process_owners) if self.host_uid is not None else set()
-        pod_uid = self._take_uid(busy)
+        pod_uid = None if own_folder else self._take_uid(busy)
         if pod_uid is not None:
             pod.meta["host_uid"] = pod_uid
             await asyncio.to_thread(os.chown, workspace, pod_uid, pod_uid)

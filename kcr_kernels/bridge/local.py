@@ -74,6 +74,9 @@ class LocalKernel:
       a pod that dies makes the kernel dead: ``on_exit(1)`` after a message
       on stderr (the pending request gets its ``KernelDied`` reply first).
     * :meth:`close` deletes the pod; nothing is left behind.
+    * ``KERNEL_WORKING_DIR`` in ``env`` (a folder): the sandbox's working folder ``/work``
+      is that folder, read-write (nothing else of the host is visible), so a notebook run
+      from folder F reads and writes F's files as with a stock kernel.
     """
 
     def __init__(
@@ -94,8 +97,23 @@ class LocalKernel:
         self.on_exit = on_exit
         self.start_timeout = start_timeout
         self.allow_unsandboxed = allow_unsandboxed
+        # KERNEL_WORKING_DIR (set by the provisioner from the notebook's folder, as Jupyter
+        # Server and nbclient pass it): bound read-write as the sandbox's working folder.
+        working_dir = self.env.get("KERNEL_WORKING_DIR", "")
+        self.working_dir = Path(working_dir).resolve() if working_dir else None
+        if self.working_dir is not None and not self.working_dir.is_dir():
+            print(
+                f"[kcr] KERNEL_WORKING_DIR {working_dir} is not a folder; "
+                "the kernel works in a folder of its own",
+                file=sys.stderr,
+            )
+            self.working_dir = None
         self.backend = LocalBackend(
-            data_dir, sandbox=True, log=log, memory_limit=parse_memory(memory_limit)
+            data_dir,
+            sandbox=True,
+            log=log,
+            memory_limit=parse_memory(memory_limit),
+            **({"sandbox_uid": None} if self.working_dir is not None else {}),
         )
         self.pod: Pod | None = None
         self.runner: RunnerClient | None = None
@@ -113,7 +131,7 @@ class LocalKernel:
                 )
                 self.backend.sandboxed = False
         await self.backend.start()
-        pod = await self.backend.create(self.language)
+        pod = await self.backend.create(self.language, workspace=self.working_dir)
         self.pod = await self.backend.wait_ready(pod, self.start_timeout)
         runner = RunnerClient(pod.url, pod.token, on_lost=self._on_pod_lost)
         await runner.connect()

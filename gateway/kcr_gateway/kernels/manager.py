@@ -389,7 +389,8 @@ class KCRKernelManager(LoggingConfigurable):
         user: str = "",
         **_kw,
     ) -> str:
-        kernel_name = kernel_name or self.default_kernel_name
+        # An alias (python3 -> kcr-python) starts, and is listed as, the kcr kernelspec.
+        kernel_name = self.kernel_spec_manager.resolve(kernel_name or self.default_kernel_name)
         kernel_id = kernel_id or str(uuid.uuid4())
         if kernel_id in self._kernels:
             raise KernelExists(kernel_id)

@@ -142,7 +142,8 @@ class RemoteKernel(LoggingConfigurable):
         self.sync_wanted: str | None = None
         self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
-        #: the runner's workspace fingerprint after the last cell (None: not known)
+        #: the runner's workspace fingerprint after the last cell (None: not known); the
+        #: code API diffs files by it and the files listing reports it as its `version`
         self.workspace_fingerprint: str | None = None
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.session = self._new_session()
@@ -254,8 +255,7 @@ class RemoteKernel(LoggingConfigurable):
             return
         self.dirty = True
         self.host.checkpointer.schedule(self)
-        fingerprint = frame.get("workspace")
-        self.workspace_fingerprint = fingerprint
+        fingerprint = self.workspace_fingerprint = frame.get("workspace")
         if fingerprint is not None and fingerprint == self.synced_workspace:
             return  # the cell changed no file
         if self.host.files is not None and self.runner is not None:
