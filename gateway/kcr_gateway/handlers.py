@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import httputil, web
 
 from . import __version__, metrics
+from .identity import token_required_message
 from .ownership import username_of
 
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
@@ -50,7 +51,23 @@ class JSONErrors:
             message = message or reason
         elif exc is not None:
             message = "Internal error in the gateway; see its log"
+        if status_code == 403 and message == reason and self._unauthenticated():
+            message = self._token_required().log_message  # tornado's bare 403 on POST & co.
         self.finish(json.dumps({"reason": reason, "message": message}))
+
+    def get_login_url(self) -> str:
+        """No login page: a request without a valid token is a 403 saying how to send one."""
+        raise self._token_required()
+
+    def _unauthenticated(self) -> bool:
+        return (
+            self.identity_provider.auth_enabled
+            and getattr(self, "_jupyter_current_user", None) is None
+        )
+
+    def _token_required(self) -> web.HTTPError:
+        offered = bool(self.identity_provider.get_token(self))
+        return web.HTTPError(403, token_required_message(offered))
 
 
 def with_json_errors(routes: list[tuple]) -> list[tuple]:
@@ -178,11 +195,12 @@ class KernelChannelsHandler(KernelWebsocketHandler):
 
 
 class APIVersionHandler(APIHandler):
-    """``GET /api``: versions (no auth, like Jupyter Server's)."""
+    """``GET /api``: versions. Needs the token when authentication is on (as in Kernel
+    Gateway); ``/healthz`` and ``/readyz`` are the probes that never do."""
 
     auth_resource = "api"
 
-    @allow_unauthenticated
+    @web.authenticated
     def get(self):
         self.finish(
             {"version": jupyter_server.__version__, "gateway": "kcr-gateway", "kcr": __version__}
@@ -226,7 +244,7 @@ class ReadyHandler(APIHandler):
         self.finish({"status": "ready", "pools": status})
 
 
-class MetricsHandler(APIHandler):
+class MetricsHandler(JSONErrors, APIHandler):
     """``GET /metrics``: Prometheus exposition (auth unless ``authenticate_prometheus`` is off)."""
 
     @allow_unauthenticated
@@ -234,7 +252,7 @@ class MetricsHandler(APIHandler):
         if self.settings.get("authenticate_prometheus", True):
             user = await ensure_async(self.identity_provider.get_user(self))
             if user is None:
-                raise web.HTTPError(403, "Metrics need the gateway token")
+                raise self._token_required()
         pool = self.settings["kcr_pool"]
         for language, levels in pool.status().items():
             for state in ("warm", "leased", "starting"):
@@ -252,9 +270,6 @@ class KernelSpecResourceHandler(JSONErrors, ksr_handlers.KernelSpecResourceHandl
     (403, 404, 405, a path outside the kernelspec) is JSON ``{"reason", "message"}``,
     never an HTML page or a traceback.
     """
-
-    def get_login_url(self) -> str:
-        raise web.HTTPError(403, "This resource needs the gateway token")
 
 
 class NotFoundHandler(JSONErrors, APIHandler):

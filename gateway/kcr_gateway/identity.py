@@ -37,6 +37,16 @@ from .hub import HubAuthenticator, HubUnavailable
 from .tokens import TokenFile
 
 
+HOW_TO_SEND = "send it as the header 'Authorization: token <token>' or as '?token=<token>'"
+
+
+def token_required_message(offered: bool) -> str:
+    """The 403 message for a request that is not authenticated (with or without a token)."""
+    if offered:
+        return f"The token sent is not valid for this gateway: {HOW_TO_SEND}"
+    return f"This gateway requires a token: {HOW_TO_SEND}"
+
+
 @dataclass
 class KCRUser(User):
     """An authenticated caller: ``username`` is the identity kernels belong to."""
