@@ -36,7 +36,6 @@ from .help_defaults import shown_default
 from .hub import HubAuthenticator, HubUnavailable
 from .tokens import TokenFile
 
-
 HOW_TO_SEND = "send it as the header 'Authorization: token <token>' or as '?token=<token>'"
 
 
