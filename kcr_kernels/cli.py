@@ -10,12 +10,16 @@ provisioner config. The gateway token is never written to disk: set
 ``KCR_GATEWAY_TOKEN`` where the kernel is started.
 
 ``kcr-kernels list-kernelspecs`` prints the packaged kernelspecs.
+
+``kcr-kernels lab [--gateway-url URL] [--token TOKEN] [jupyter lab options]`` runs
+JupyterLab against a kcr gateway (see :mod:`kcr_kernels.lab`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -113,11 +117,35 @@ def _parser() -> argparse.ArgumentParser:
         "--name", action="append", dest="names", help="only this kernelspec (repeatable)"
     )
     sub.add_parser("list-kernelspecs", help="list the packaged kcr-* kernelspecs")
+    lab = sub.add_parser(
+        "lab",
+        allow_abbrev=False,  # every other option goes to jupyter lab
+        help="run JupyterLab with its kernels on a kcr gateway",
+        description="Run JupyterLab (port 8889 unless --port is given; --allow-root when "
+        "root) with its kernels on a kcr gateway. Options not listed here go to jupyter lab "
+        "unchanged (jupyter lab --help lists them).",
+    )
+    lab.add_argument(
+        "--gateway-url",
+        default=os.environ.get("KCR_GATEWAY_URL", "http://127.0.0.1:8888"),
+        help="the kcr gateway (default: $KCR_GATEWAY_URL, else %(default)s)",
+    )
+    lab.add_argument(
+        "--token",
+        default=None,
+        help="the gateway's token (default: $KCR_AUTH_TOKEN, else $KCR_GATEWAY_TOKEN)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if args.command == "lab":
+        from .lab import run_lab
+
+        sys.exit(run_lab(args.gateway_url, args.token, extra))
+    if extra:
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "list-kernelspecs":
         for name, folder in packaged_specs().items():
             print(f"{name}\t{folder}")
