@@ -457,7 +457,9 @@ class KCRGateway(JupyterApp):
             disable_check_xsrf=True,
             cookie_secret=os.urandom(32),
             authenticate_prometheus=self.authenticate_prometheus,
-            websocket_ping_interval=30,
+            # Keep-alive pings of kernel WebSockets, by jupyter_server's WebSocketMixin (ms);
+            # a client that answers none for 3 intervals is closed.
+            ws_ping_interval=30_000,
             websocket_max_message_size=self.websocket_max_message_size,
             config=self.config,  # KCRWebsocketConnection's limits
             kcr_app=self,

@@ -187,6 +187,16 @@ class KernelChannelsHandler(KernelWebsocketHandler):
         await self.kernel_manager.adopt(kernel_id)
         await super().get(kernel_id)
 
+    def get_websocket_protocol(self):
+        """Tornado's protocol without its own pinger: jupyter_server's ``WebSocketMixin``
+        already pings (``ws_ping_interval``, in ms) and closes a socket whose pongs stop;
+        tornado would read the same millisecond values as seconds and warn at the first
+        connection that websocket_ping_timeout (90000) exceeds the interval (30000)."""
+        protocol = super().get_websocket_protocol()
+        if protocol is not None:
+            protocol.params.ping_interval = protocol.params.ping_timeout = None
+        return protocol
+
     async def on_message(self, ws_message):
         """One frame per event-loop turn: tornado waits for this before reading the next
         frame, so a client's burst cannot stall other clients (or grow buffers here)."""

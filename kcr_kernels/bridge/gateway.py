@@ -94,7 +94,7 @@ class GatewayKernel:
         await self._connect()
 
     async def _connect(self) -> None:
-        url = self.api.channels_url(self.kernel_id)
+        url = self.api.channels_url(self.kernel_id, self.sockets.session.session)
         request = HTTPRequest(
             url, headers=self.api.headers(), connect_timeout=10.0, request_timeout=10.0
         )
