@@ -29,6 +29,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from .kernelspecs import PREFIX, kernelspecs_dir
 
+#: Where a kcr kernelspec works: jupyter_client loads ``kcr-provisioner`` from its own env.
+REQUIREMENT = (
+    "kcr-kernels must be installed in the Python environment that runs jupyter_client "
+    "(Jupyter Server, nbclient, papermill, jupyter execute): pip install 'kcr-kernels[notebooks]'"
+)
+
 
 def packaged_specs() -> dict[str, Path]:
     """Name → folder of every packaged ``kcr-*`` kernelspec."""
@@ -52,6 +58,10 @@ def prepared_spec(source: Path, target: Path, gateway_url: str, allow_unsandboxe
     provisioner = spec.setdefault("metadata", {}).setdefault(
         "kernel_provisioner", {"provisioner_name": "kcr-provisioner"}
     )
+    # jupyter_client's own message for a missing provisioner only says "Ensure the
+    # appropriate package has been installed": say which, where `jupyter kernelspec list
+    # --json` (and anyone reading kernel.json) shows it.
+    spec["metadata"]["kcr_requires"] = REQUIREMENT
     config = provisioner.setdefault("config", {})
     if gateway_url:
         config["gateway_url"] = gateway_url.rstrip("/")
@@ -171,6 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     mode = f"gateway {args.gateway_url}" if args.gateway_url else "local mode"
     for name, folder in installed.items():
         print(f"Installed kernelspec {name} ({mode}) in {folder}")
+    if prefix != sys.prefix:  # also seen by other environments' jupyter_client
+        print(
+            f"Note: {REQUIREMENT}. Without it jupyter_client reports that the kernel 'is "
+            "referencing a kernel provisioner ('kcr-provisioner') that is not available'."
+        )
 
 
 if __name__ == "__main__":
