@@ -125,3 +125,24 @@ def _contains(text: str):
     import re
 
     return re.compile(re.escape(text))
+
+
+#: Lines a JupyterLab session must not leave in the gateway's or Jupyter Server's log.
+LOG_NOISE = ("Traceback", "never retrieved", "ERROR", "[E ", "ping timeout", "ping_timeout")
+
+
+async def test_the_session_left_no_noise_in_the_logs(lab, page):
+    """After the notebook session above (cells, an interrupt, a restart) and a cell that
+    raises and one with a tqdm bar, neither log has errors, tracebacks or ping warnings."""
+    await page.goto(f"{lab.url}/lab?token={lab.token}", timeout=TIMEOUT_MS)
+    await page.locator(
+        f".jp-LauncherCard[data-category='Notebook'][title='{KERNEL_DISPLAY_NAME}']"
+    ).click(timeout=TIMEOUT_MS)
+    await wait_kernel_idle(page)
+    await run_cell(page, "1 / 0")
+    await run_cell(page, "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)): pass")
+    await wait_kernel_idle(page)
+    await page.goto("about:blank")  # closes the kernel's WebSockets
+    for name, text in (("gateway", lab.gateway.log_text()), ("JupyterLab", lab.log_text())):
+        noisy = [line for line in text.splitlines() if any(n in line for n in LOG_NOISE)]
+        assert noisy == [], f"{name} log:\n{text}"
