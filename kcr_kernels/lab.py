@@ -13,14 +13,30 @@ Work-arounds for Jupyter Server in gateway mode (jupyter_server 2.x):
   None``: jupyter_client's ``KernelManager.resolve_path`` asks a provisioner that a gateway
   kernel does not have. :class:`GatewayKernelManager` answers "not resolvable on this
   server" instead (the kernel's files live in its pod, not next to Jupyter Server).
+* At the first WebSocket, tornado warns "The websocket_ping_timeout (90000) cannot be
+  longer than the websocket_ping_interval (30000)": jupyter_server's ``WebSocketMixin``
+  gives tornado its ping settings in milliseconds, which tornado reads as seconds. The
+  mixin does the pinging itself, so the warning says nothing; importing this module
+  (Jupyter Server does, for the kernel manager class) filters that one line out.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from jupyter_server.gateway.managers import GatewayKernelManager as _GatewayKernelManager
+
+
+class _PingUnitsWarning(logging.Filter):
+    """Drops tornado's websocket_ping_timeout warning caused by jupyter_server's units."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cannot be longer than the websocket_ping_interval" not in record.getMessage()
+
+
+logging.getLogger("tornado.general").addFilter(_PingUnitsWarning())
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8888"
 DEFAULT_PORT = 8889

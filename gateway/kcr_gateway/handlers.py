@@ -179,8 +179,10 @@ class KernelActionHandler(kernel_handlers.KernelActionHandler):
         await super().post(kernel_id, action)
 
 
-class KernelChannelsHandler(KernelWebsocketHandler):
-    """The kernel WebSocket; the kernel may first need loading from the registry."""
+class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
+    """The kernel WebSocket; the kernel may first need loading from the registry. A refused
+    upgrade (unknown kernel: 404, no token: 403) is answered with JSON like the REST API,
+    not with jupyter_server's HTML error page (which this server cannot render)."""
 
     @ws_authenticated
     async def get(self, kernel_id):

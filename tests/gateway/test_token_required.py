@@ -1,6 +1,8 @@
 """With authentication on, a request without a valid token is a 403 that says how to send
 one, on every API endpoint including ``GET /api``; the probes stay open."""
 
+import json
+
 import pytest
 import pytest_asyncio
 
@@ -57,3 +59,22 @@ async def test_api_answers_with_the_token(base):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 async def test_probes_need_no_token(base, path):
     assert (await http(base, "GET", path)).code == 200
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "message"),
+    [
+        ("", 403, "This gateway requires a token"),
+        ("s3cret", 404, "Kernel does not exist"),
+    ],
+)
+async def test_a_refused_websocket_upgrade_is_json_too(base, token, code, message):
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = base.replace("http", "ws") + "/api/kernels/0b7e5e52-1b9a-4c4e-9a7e-1f2d3c4b5a69/channels"
+    headers = {"Authorization": f"token {token}"} if token else {}
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(HTTPRequest(url, headers=headers))
+    assert refused.value.code == code
+    assert json.loads(refused.value.response.body)["message"].startswith(message)
