@@ -95,6 +95,7 @@ start_server() {
   setsid "$@" >"$log" 2>&1 &
   local pid=$!
   servers+=("$pid")
+  echo "$pid" >>servers.pids  # the test stops these groups too if this script is killed
   for _ in $(seq 1 900); do
     if curl -sf -o /dev/null "$url"; then return 0; fi
     if ! kill -0 "$pid" 2>/dev/null; then

@@ -12,12 +12,15 @@ output and the servers' logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -129,4 +132,27 @@ def test_every_readme_command_runs_as_written(tmp_path):
         assert "sum 10" in printed, printed
         assert (scratch / "copy.csv").read_text() == "a,b\n1,2\n"
     finally:
+        stop_groups(scratch / "servers.pids")
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stop_groups(pid_file: Path) -> None:
+    """SIGTERM (then SIGKILL) the servers' process groups the script left, if any."""
+    if not pid_file.exists():
+        return
+    groups = [int(p) for p in pid_file.read_text().split()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(g) for g in groups):
+            time.sleep(0.2)
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
