@@ -171,9 +171,13 @@ class GatewayKernel:
             self._backlog.append(frame)
             return
         try:
-            ws.write_message(frame, binary=True)
+            written = ws.write_message(frame, binary=True)
         except WebSocketClosedError:
             self._backlog.append(frame)
+            return
+        # A socket that closes under the write fails this task; the read loop reconnects,
+        # so only retrieve the error (no "Task exception was never retrieved" on stderr).
+        written.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def interrupt(self) -> None:
         try:
