@@ -84,6 +84,11 @@ class KCRProvisioner(LocalProvisioner):
         "Default: $KCR_ALLOW_UNSANDBOXED.",
     )
     launch_timeout = Float(60.0, config=True, help="Seconds a kernel start may take.")
+    memory_limit = Unicode(
+        config=True,
+        help="Local mode: memory cap of the kernel, all its processes together (a memory "
+        "cgroup; like 2Gi or 512Mi; 0: none). Default: $KCR_MEMORY_LIMIT, else 2Gi.",
+    )
     shutdown_wait_time = Float(
         10.0, config=True, help="Seconds a graceful shutdown may take (remote kernel included)."
     )
@@ -98,6 +103,10 @@ class KCRProvisioner(LocalProvisioner):
     @default("gateway_token")
     def _gateway_token_default(self) -> str:
         return os.environ.get("KCR_GATEWAY_TOKEN", "")
+
+    @default("memory_limit")
+    def _memory_limit_default(self) -> str:
+        return os.environ.get("KCR_MEMORY_LIMIT", "2Gi")
 
     @default("allow_unsandboxed")
     def _allow_unsandboxed_default(self) -> bool:
@@ -160,6 +169,7 @@ class KCRProvisioner(LocalProvisioner):
             env.pop("KCR_GATEWAY_URL", None)
             self.data_dir = tempfile.mkdtemp(prefix="kcr-kernel-")
             extra += ["--data-dir", self.data_dir, "--start-timeout", str(self.launch_timeout)]
+            extra += ["--memory-limit", self.memory_limit]
             if self.allow_unsandboxed:
                 extra.append("--allow-unsandboxed")
         kwargs["env"] = env

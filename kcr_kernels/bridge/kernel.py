@@ -110,6 +110,7 @@ class Bridge:
             env=env,
             allow_unsandboxed=args.allow_unsandboxed,
             start_timeout=args.start_timeout,
+            memory_limit=args.memory_limit,
             on_exit=self.exit,
         )
 

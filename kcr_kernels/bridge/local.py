@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..backends.base import Pod
+from ..backends.cgroups import parse_memory
 from ..backends.local import LocalBackend
 from ..backends.sandbox import SandboxUnavailable
 from ..message_validation import BadMessage, error_reply, validate
@@ -64,6 +65,10 @@ class LocalKernel:
       :class:`~kcr_kernels.backends.sandbox.SandboxUnavailable` with the
       reason; ``allow_unsandboxed`` runs the worker without bubblewrap when
       the sandbox is unavailable (with a warning).
+    * ``memory_limit`` (``"2Gi"``, bytes, ``None``/``"0"``: none) caps the kernel's memory,
+      all its processes together, in a memory cgroup, as the gateway's local pods are
+      capped; a kernel over it dies with "the kernel used more than N of memory".
+      Where no writable memory cgroup exists the backend logs one warning.
     * :meth:`handle_raw` takes a verified client message.
     * ``shutdown_request`` is answered by the session, then ``on_exit(0)``;
       a pod that dies makes the kernel dead: ``on_exit(1)`` after a message
@@ -80,6 +85,7 @@ class LocalKernel:
         env: dict[str, str] | None = None,
         allow_unsandboxed: bool = False,
         start_timeout: float = 30.0,
+        memory_limit: str | int | None = "2Gi",
         on_exit: Callable[[int], None],
     ):
         self.sockets = sockets
@@ -88,7 +94,9 @@ class LocalKernel:
         self.on_exit = on_exit
         self.start_timeout = start_timeout
         self.allow_unsandboxed = allow_unsandboxed
-        self.backend = LocalBackend(data_dir, sandbox=True, log=log)
+        self.backend = LocalBackend(
+            data_dir, sandbox=True, log=log, memory_limit=parse_memory(memory_limit)
+        )
         self.pod: Pod | None = None
         self.runner: RunnerClient | None = None
         self.session = KernelSession("local", username="kcr", on_shutdown=self._on_shutdown)

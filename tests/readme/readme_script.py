@@ -56,11 +56,20 @@ class Step:
 
 
 def console_blocks(readme: str) -> list[list[str]]:
-    """The command lines of each console block (comments after a command removed)."""
+    """The commands of each console block: lines ending in ``\\`` joined with the next,
+    comment lines (``# output shown``) and comments after a command removed."""
     blocks = []
     for body in CONSOLE_BLOCK.findall(readme):
-        lines = [COMMENT.sub("", line).strip() for line in body.splitlines()]
-        blocks.append([line for line in lines if line])
+        commands, pending = [], ""
+        for raw in body.splitlines():
+            line = (pending + " " + raw.strip()).strip() if pending else raw.strip()
+            if line.endswith("\\"):
+                pending = line[:-1].strip()
+                continue
+            pending = ""
+            if line and not line.startswith("#"):
+                commands.append(COMMENT.sub("", line).strip())
+        blocks.append(commands)
     return blocks
 
 
