@@ -138,7 +138,9 @@ KNOWN = ("Could not open static file 'logo-",)
 async def test_the_session_left_no_noise_in_the_logs(lab, page):
     """After the notebook session above (cells, an interrupt, a restart) and a cell that
     raises and one with a tqdm bar, neither log has errors, tracebacks or ping warnings."""
-    await page.goto(f"{lab.url}/lab?token={lab.token}", timeout=TIMEOUT_MS)
+    # A fresh workspace: the launcher, not the notebook the test above left open.
+    url = f"{lab.url}/lab/workspaces/log-hygiene?reset&token={lab.token}"
+    await page.goto(url, timeout=TIMEOUT_MS)
     await page.locator(
         f".jp-LauncherCard[data-category='Notebook'][title='{KERNEL_DISPLAY_NAME}']"
     ).click(timeout=TIMEOUT_MS)
