@@ -14,12 +14,16 @@ name notebooks written for stock kernels ask for (and jupyter_client's default),
 ``jupyter execute``, nbclient and papermill run them on kcr without a kernel option.
 
 ``kcr-kernels list-kernelspecs`` prints the packaged kernelspecs.
+
+``kcr-kernels lab [--gateway-url URL] [--token TOKEN] [jupyter lab options]`` runs
+JupyterLab against a kcr gateway (see :mod:`kcr_kernels.lab`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +32,12 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .kernelspecs import DEFAULT_ALIASES, PREFIX, kernelspecs_dir
+
+#: Where a kcr kernelspec works: jupyter_client loads ``kcr-provisioner`` from its own env.
+REQUIREMENT = (
+    "kcr-kernels must be installed in the Python environment that runs jupyter_client "
+    "(Jupyter Server, nbclient, papermill, jupyter execute): pip install 'kcr-kernels[notebooks]'"
+)
 
 
 def packaged_specs() -> dict[str, Path]:
@@ -52,6 +62,10 @@ def prepared_spec(source: Path, target: Path, gateway_url: str, allow_unsandboxe
     provisioner = spec.setdefault("metadata", {}).setdefault(
         "kernel_provisioner", {"provisioner_name": "kcr-provisioner"}
     )
+    # jupyter_client's own message for a missing provisioner only says "Ensure the
+    # appropriate package has been installed": say which, where `jupyter kernelspec list
+    # --json` (and anyone reading kernel.json) shows it.
+    spec["metadata"]["kcr_requires"] = REQUIREMENT
     config = provisioner.setdefault("config", {})
     if gateway_url:
         config["gateway_url"] = gateway_url.rstrip("/")
@@ -133,11 +147,35 @@ def _parser() -> argparse.ArgumentParser:
         "default kernel then run on kcr)",
     )
     sub.add_parser("list-kernelspecs", help="list the packaged kcr-* kernelspecs")
+    lab = sub.add_parser(
+        "lab",
+        allow_abbrev=False,  # every other option goes to jupyter lab
+        help="run JupyterLab with its kernels on a kcr gateway",
+        description="Run JupyterLab (port 8889 unless --port is given; --allow-root when "
+        "root) with its kernels on a kcr gateway. Options not listed here go to jupyter lab "
+        "unchanged (jupyter lab --help lists them).",
+    )
+    lab.add_argument(
+        "--gateway-url",
+        default=os.environ.get("KCR_GATEWAY_URL", "http://127.0.0.1:8888"),
+        help="the kcr gateway (default: $KCR_GATEWAY_URL, else %(default)s)",
+    )
+    lab.add_argument(
+        "--token",
+        default=None,
+        help="the gateway's token (default: $KCR_AUTH_TOKEN, else $KCR_GATEWAY_TOKEN)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if args.command == "lab":
+        from .lab import run_lab
+
+        sys.exit(run_lab(args.gateway_url, args.token, extra))
+    if extra:
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "list-kernelspecs":
         for name, folder in packaged_specs().items():
             print(f"{name}\t{folder}")
@@ -164,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     mode = f"gateway {args.gateway_url}" if args.gateway_url else "local mode"
     for name, folder in installed.items():
         print(f"Installed kernelspec {name} ({mode}) in {folder}")
+    if prefix != sys.prefix:  # also seen by other environments' jupyter_client
+        print(
+            f"Note: {REQUIREMENT}. Without it jupyter_client reports that the kernel 'is "
+            "referencing a kernel provisioner ('kcr-provisioner') that is not available'."
+        )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ class KCRProvisioner(LocalProvisioner):
     * :meth:`send_signal` signals the bridge: SIGINT interrupts the remote
       cell, SIGTERM shuts the kernel down, SIGKILL kills the bridge (the
       remote kernel is then deleted by :meth:`cleanup`).
-    * :meth:`cleanup` deletes the gateway kernel if the bridge could not
-      (a 404 is fine) and removes the local pod's folder.
+    * :meth:`cleanup` deletes the gateway kernel unless the bridge exited 0 (it
+      deleted the kernel itself: no second DELETE, no 404 in the gateway's log) and
+      removes the local pod's folder.
     * :meth:`get_provisioner_info` / :meth:`load_provisioner_info` carry the
       bridge pid, the gateway URL and the remote kernel id, so another
       process (a restarted Jupyter Server) can find, signal and clean up the
@@ -140,6 +141,11 @@ class KCRProvisioner(LocalProvisioner):
     async def _delete_remote_kernel(self) -> None:
         if not (self.remote_kernel_id and self.gateway_url):
             return
+        if self._bridge_exit == 0:
+            # A bridge that exits 0 has deleted the kernel itself (shutdown_request,
+            # SIGTERM) or said on stderr why it could not: a second DELETE is only a 404.
+            self.remote_kernel_id = None
+            return
         try:
             await self._api().delete_kernel(self.remote_kernel_id)
         except GatewayError as e:
@@ -171,6 +177,7 @@ class KCRProvisioner(LocalProvisioner):
             if self.allow_unsandboxed:
                 extra.append("--allow-unsandboxed")
         kwargs["env"] = env
+        self._bridge_exit = None
         try:
             return await super().launch_kernel([*cmd, *extra], **kwargs)
         except Exception:
@@ -204,9 +211,12 @@ class KCRProvisioner(LocalProvisioner):
             return None  # a bridge found again through load_provisioner_info
         return 0
 
+    _bridge_exit: int | None = None  # the exit status of our bridge child, once it ended
+
     async def wait(self) -> int | None:
         if self.process is not None:
-            return await super().wait()
+            self._bridge_exit = await super().wait()
+            return self._bridge_exit
         # Not our child (found again through load_provisioner_info): no exit
         # status to wait on, so poll the pid like LocalProvisioner polls Popen.
         while await self.poll() is None:  # noqa: ASYNC110

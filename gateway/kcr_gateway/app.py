@@ -22,7 +22,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.utils import url_path_join
 from tornado import httpserver, web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
@@ -41,6 +41,7 @@ from .code_api import KCRCodeAPI, mount_code_api
 from .data_lock import DataDirBusy, DataDirLock, DataDirUnusable
 from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
+from .help_defaults import shown_default
 from .identity import KCRIdentityProvider
 from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
 from .ownership import KCRAuthorizer
@@ -54,6 +55,7 @@ class StartupError(RuntimeError):
 
 aliases = {
     **base_aliases,
+    "log-level": "KCRGateway.log_level",
     "ip": "KCRGateway.ip",
     "port": "KCRGateway.port",
     "base-url": "KCRGateway.base_url",
@@ -101,15 +103,28 @@ class KCRGateway(JupyterApp):
             KCRCodeAPI,
         ]
 
+    log_level = shown_default(
+        Enum(
+            (0, 10, 20, 30, 40, 50, "DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"),
+            default_value=logging.INFO,
+            config=True,
+            help="Log level, by value or name (DEBUG, INFO, WARN, ERROR, CRITICAL).",
+        ),
+        "'INFO'",
+    )
+
     # -- network ---------------------------------------------------------------
     ip = Unicode("127.0.0.1", config=True, help="Interface the gateway listens on.")
     port = Integer(8888, config=True, help="Port the gateway listens on (0: any free port).")
     base_url = Unicode("/", config=True, help="URL prefix of every route.")
-    auth_token = Unicode(
-        config=True,
-        help="A shared token clients may send (Authorization: token <t> or ?token=); it is "
-        "one admin identity (KCRIdentityProvider.token_username). Default: $KCR_AUTH_TOKEN. "
-        "With it, the token file and JupyterHub all empty, authentication is off.",
+    auth_token = shown_default(
+        Unicode(
+            config=True,
+            help="A shared token clients may send (Authorization: token <t> or ?token=); it "
+            "is one admin identity (KCRIdentityProvider.token_username). With it, the token "
+            "file and JupyterHub all empty, authentication is off.",
+        ),
+        "$KCR_AUTH_TOKEN, else '' (no shared token)",
     )
 
     @default("auth_token")
@@ -161,10 +176,13 @@ class KCRGateway(JupyterApp):
     default_kernel_name = Unicode("kcr-python", config=True, help="Kernelspec used by default.")
 
     # -- pods -------------------------------------------------------------------
-    config_file_json = Unicode(
-        config=True,
-        help="A JSON file with 'backend', 'pools' and 'kubernetes' settings (the Helm chart's "
-        "ConfigMap). Default: $KCR_CONFIG_FILE. Command-line options win over it.",
+    config_file_json = shown_default(
+        Unicode(
+            config=True,
+            help="A JSON file with 'backend', 'pools' and 'kubernetes' settings (the Helm "
+            "chart's ConfigMap). Command-line options win over it.",
+        ),
+        "$KCR_CONFIG_FILE, else '' (none)",
     )
 
     @default("config_file_json")
@@ -179,17 +197,22 @@ class KCRGateway(JupyterApp):
         except (OSError, ValueError) as e:
             raise StartupError(f"cannot read {self.config_file_json}: {e}")
 
-    backend = Unicode(config=True, help="Pod backend: 'local' (default) or 'kubernetes'.")
+    backend = shown_default(
+        Unicode(config=True, help="Pod backend: 'local' or 'kubernetes'."),
+        "$KCR_BACKEND, else config_file_json's 'backend', else 'local'",
+    )
 
     @default("backend")
     def _backend_default(self) -> str:
         return os.environ.get("KCR_BACKEND") or self._json_config().get("backend") or "local"
 
-    pools = Dict(
-        config=True,
-        help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods (0: any), "
-        "'memory': the memory cap of each kernel, e.g. '2Gi' ('0': none)}}. "
-        "Default: {'python': {'warm': 2}}.",
+    pools = shown_default(
+        Dict(
+            config=True,
+            help="Pool per language: {language: {'warm': pods kept ready, 'max': most pods "
+            "(0: any), 'memory': the memory cap of each kernel, e.g. '2Gi' ('0': none)}}.",
+        ),
+        "config_file_json's 'pools', else {'python': {'warm': 2}}",
     )
 
     @default("pools")
@@ -237,17 +260,25 @@ class KCRGateway(JupyterApp):
         "uid/gid sandboxed kernels run as and own their workspace files with. None maps the "
         "sandbox to root (without capabilities).",
     )
-    data_dir = Unicode(config=True, help="Where the embedded default keeps its data.")
+    data_dir = shown_default(
+        Unicode(
+            config=True,
+            help="Where the embedded default keeps its data: pods' workspaces, kcr.db, files/.",
+        ),
+        lambda: repr(str(Path(jupyter_data_dir()) / "kcr")),
+    )
 
     @default("data_dir")
     def _data_dir_default(self) -> str:
         return str(Path(jupyter_data_dir()) / "kcr")
 
     # -- stores -----------------------------------------------------------------
-    kernel_store_url = Unicode(
-        config=True,
-        help="Kernel registry + state store: redis://host:6379/0 or sqlite:///path/kcr.db. "
-        "Default: $KCR_REGISTRY_URL, else sqlite in data_dir.",
+    kernel_store_url = shown_default(
+        Unicode(
+            config=True,
+            help="Kernel registry + state store: redis://host:6379/0 or sqlite:///path/kcr.db.",
+        ),
+        "$KCR_REGISTRY_URL, else 'sqlite:///<data_dir>/kcr.db'",
     )
 
     @default("kernel_store_url")
@@ -267,21 +298,22 @@ class KCRGateway(JupyterApp):
         1.0, config=True, help="Seconds between checks of a kernel store that is down."
     )
 
-    files_url = Unicode(
-        config=True,
-        help="Kernel file store: s3://bucket/prefix or file:///path. "
-        "Default: $KCR_FILES_URL, else a folder in data_dir.",
+    files_url = shown_default(
+        Unicode(config=True, help="Kernel file store: s3://bucket/prefix or file:///path."),
+        "$KCR_FILES_URL, else 'file://<data_dir>/files'",
     )
 
     @default("files_url")
     def _files_url_default(self) -> str:
         return os.environ.get("KCR_FILES_URL") or f"file://{Path(self.data_dir) / 'files'}"
 
-    s3_endpoint_url = Unicode(
-        config=True,
-        help="S3 endpoint (MinIO, Ceph RGW, moto). Default: boto3's ($AWS_ENDPOINT_URL).",
+    s3_endpoint_url = shown_default(
+        Unicode(config=True, help="S3 endpoint (MinIO, Ceph RGW, moto)."),
+        "boto3's ($AWS_ENDPOINT_URL, else AWS)",
     )
-    s3_region = Unicode(config=True, help="S3 region. Default: boto3's ($AWS_DEFAULT_REGION).")
+    s3_region = shown_default(
+        Unicode(config=True, help="S3 region."), "boto3's ($AWS_DEFAULT_REGION)"
+    )
     s3_create_bucket = Bool(False, config=True, help="Create the S3 bucket when it is missing.")
     max_file_bytes = Integer(
         1024**3, config=True, help="Largest single kernel file stored (0: no limit)."
@@ -501,7 +533,9 @@ class KCRGateway(JupyterApp):
             disable_check_xsrf=True,
             cookie_secret=os.urandom(32),
             authenticate_prometheus=self.authenticate_prometheus,
-            websocket_ping_interval=30,
+            # Keep-alive pings of kernel WebSockets, by jupyter_server's WebSocketMixin (ms);
+            # a client that answers none for 3 intervals is closed.
+            ws_ping_interval=30_000,
             websocket_max_message_size=self.websocket_max_message_size,
             config=self.config,  # KCRWebsocketConnection's limits
             kcr_app=self,

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import httputil, web
 
 from . import __version__, metrics
+from .identity import token_required_message
 from .ownership import username_of
 from .ws_limits import SlotRefused
 
@@ -52,7 +53,23 @@ class JSONErrors:
             message = message or reason
         elif exc is not None:
             message = "Internal error in the gateway; see its log"
+        if status_code == 403 and message == reason and self._unauthenticated():
+            message = self._token_required().log_message  # tornado's bare 403 on POST & co.
         self.finish(json.dumps({"reason": reason, "message": message}))
+
+    def get_login_url(self) -> str:
+        """No login page: a request without a valid token is a 403 saying how to send one."""
+        raise self._token_required()
+
+    def _unauthenticated(self) -> bool:
+        return (
+            self.identity_provider.auth_enabled
+            and getattr(self, "_jupyter_current_user", None) is None
+        )
+
+    def _token_required(self) -> web.HTTPError:
+        offered = bool(self.identity_provider.get_token(self))
+        return web.HTTPError(403, token_required_message(offered))
 
 
 def with_json_errors(routes: list[tuple]) -> list[tuple]:
@@ -166,14 +183,16 @@ class KernelActionHandler(kernel_handlers.KernelActionHandler):
         await super().post(kernel_id, action)
 
 
-class KernelChannelsHandler(KernelWebsocketHandler):
+class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
     """The kernel WebSocket; the kernel may first need loading from the registry.
 
     A socket over the WebSocket caps (per kernel, per identity, gateway-wide:
     ``KCRWebsocketConnection.max_connections*``) is refused *before* the upgrade with
     HTTP 429 ``{"reason", "message"}`` and ``Retry-After``, so an excess socket costs one
     short HTTP answer, never a session; refusals are logged at most once per
-    ``REFUSAL_LOG_SECONDS`` (with the count since the last line).
+    ``REFUSAL_LOG_SECONDS`` (with the count since the last line). Other refused upgrades
+    (unknown kernel: 404, no token: 403) are JSON like the REST API too, not
+    jupyter_server's HTML error page (which this server cannot render).
     """
 
     REFUSAL_LOG_SECONDS = 5.0
@@ -218,6 +237,16 @@ class KernelChannelsHandler(KernelWebsocketHandler):
         self.set_header("Retry-After", "1")
         self.finish(json.dumps({"reason": "Too Many WebSockets", "message": message}))
 
+    def get_websocket_protocol(self):
+        """Tornado's protocol without its own pinger: jupyter_server's ``WebSocketMixin``
+        already pings (``ws_ping_interval``, in ms) and closes a socket whose pongs stop;
+        tornado would read the same millisecond values as seconds and warn at the first
+        connection that websocket_ping_timeout (90000) exceeds the interval (30000)."""
+        protocol = super().get_websocket_protocol()
+        if protocol is not None:
+            protocol.params.ping_interval = protocol.params.ping_timeout = None
+        return protocol
+
     async def on_message(self, ws_message):
         """One frame per event-loop turn: tornado waits for this before reading the next
         frame, so a client's burst cannot stall other clients (or grow buffers here)."""
@@ -226,11 +255,12 @@ class KernelChannelsHandler(KernelWebsocketHandler):
 
 
 class APIVersionHandler(APIHandler):
-    """``GET /api``: versions (no auth, like Jupyter Server's)."""
+    """``GET /api``: versions. Needs the token when authentication is on (as in Kernel
+    Gateway); ``/healthz`` and ``/readyz`` are the probes that never do."""
 
     auth_resource = "api"
 
-    @allow_unauthenticated
+    @web.authenticated
     def get(self):
         self.finish(
             {"version": jupyter_server.__version__, "gateway": "kcr-gateway", "kcr": __version__}
@@ -274,7 +304,7 @@ class ReadyHandler(APIHandler):
         self.finish({"status": "ready", "pools": status})
 
 
-class MetricsHandler(APIHandler):
+class MetricsHandler(JSONErrors, APIHandler):
     """``GET /metrics``: Prometheus exposition (auth unless ``authenticate_prometheus`` is off)."""
 
     @allow_unauthenticated
@@ -282,7 +312,7 @@ class MetricsHandler(APIHandler):
         if self.settings.get("authenticate_prometheus", True):
             user = await ensure_async(self.identity_provider.get_user(self))
             if user is None:
-                raise web.HTTPError(403, "Metrics need the gateway token")
+                raise self._token_required()
         pool = self.settings["kcr_pool"]
         for language, levels in pool.status().items():
             for state in ("warm", "leased", "starting"):
@@ -300,9 +330,6 @@ class KernelSpecResourceHandler(JSONErrors, ksr_handlers.KernelSpecResourceHandl
     (403, 404, 405, a path outside the kernelspec) is JSON ``{"reason", "message"}``,
     never an HTML page or a traceback.
     """
-
-    def get_login_url(self) -> str:
-        raise web.HTTPError(403, "This resource needs the gateway token")
 
 
 class NotFoundHandler(JSONErrors, APIHandler):

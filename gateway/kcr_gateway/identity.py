@@ -32,8 +32,18 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
 from traitlets import Float, Set, Unicode, default
 
+from .help_defaults import shown_default
 from .hub import HubAuthenticator, HubUnavailable
 from .tokens import TokenFile
+
+HOW_TO_SEND = "send it as the header 'Authorization: token <token>' or as '?token=<token>'"
+
+
+def token_required_message(offered: bool) -> str:
+    """The 403 message for a request that is not authenticated (with or without a token)."""
+    if offered:
+        return f"The token sent is not valid for this gateway: {HOW_TO_SEND}"
+    return f"This gateway requires a token: {HOW_TO_SEND}"
 
 
 @dataclass
@@ -52,11 +62,13 @@ class KCRIdentityProvider(IdentityProvider):
         config=True,
         help="The identity of KCRGateway.auth_token (the single shared token); it is an admin.",
     )
-    token_file = Unicode(
-        config=True,
-        help="A file of hashed tokens, one identity a line: 'sha256:<hex> user [admin]' "
-        "(make lines with 'kcr-gateway hash-token USER'). Reloaded when it changes. "
-        "Default: $KCR_TOKEN_FILE.",
+    token_file = shown_default(
+        Unicode(
+            config=True,
+            help="A file of hashed tokens, one identity a line: 'sha256:<hex> user [admin]' "
+            "(make lines with 'kcr-gateway hash-token USER'). Reloaded when it changes.",
+        ),
+        "$KCR_TOKEN_FILE, else '' (none)",
     )
 
     @default("token_file")
@@ -66,10 +78,13 @@ class KCRIdentityProvider(IdentityProvider):
     token_file_interval = Float(
         1.0, config=True, help="Seconds between checks of the token file for changes."
     )
-    hub_api_url = Unicode(
-        config=True,
-        help="JupyterHub's API URL (http://hub:8081/hub/api): tokens are checked with "
-        "GET <url>/user. Empty: no JupyterHub tokens. Default: $JUPYTERHUB_API_URL.",
+    hub_api_url = shown_default(
+        Unicode(
+            config=True,
+            help="JupyterHub's API URL (http://hub:8081/hub/api): tokens are checked with "
+            "GET <url>/user. Empty: no JupyterHub tokens.",
+        ),
+        "$JUPYTERHUB_API_URL, else '' (no JupyterHub)",
     )
 
     @default("hub_api_url")

@@ -127,7 +127,7 @@ class GatewayKernel:
             sync.files.close()
 
     async def _connect(self) -> None:
-        url = self.api.channels_url(self.kernel_id)
+        url = self.api.channels_url(self.kernel_id, self.sockets.session.session)
         request = HTTPRequest(
             url, headers=self.api.headers(), connect_timeout=10.0, request_timeout=10.0
         )
@@ -205,9 +205,13 @@ class GatewayKernel:
             self._backlog.append(frame)
             return
         try:
-            ws.write_message(frame, binary=True)
+            written = ws.write_message(frame, binary=True)
         except WebSocketClosedError:
             self._backlog.append(frame)
+            return
+        # A socket that closes under the write fails this task; the read loop reconnects,
+        # so only retrieve the error (no "Task exception was never retrieved" on stderr).
+        written.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def interrupt(self) -> None:
         try:

@@ -80,8 +80,11 @@ class GatewayAPI:
     def kernel_url(self, kernel_id: str, suffix: str = "") -> str:
         return f"{self.url}/api/kernels/{quote(kernel_id, safe='')}{suffix}"
 
-    def channels_url(self, kernel_id: str) -> str:
-        return "ws" + self.kernel_url(kernel_id, "/channels")[len("http") :]
+    def channels_url(self, kernel_id: str, session_id: str = "") -> str:
+        """The kernel's WebSocket URL; ``session_id`` names the client's session (Jupyter
+        Server logs "No session ID specified" for a socket without one)."""
+        query = f"?session_id={quote(session_id, safe='')}" if session_id else ""
+        return "ws" + self.kernel_url(kernel_id, "/channels")[len("http") :] + query
 
     def _client(self) -> AsyncHTTPClient:
         owner = (os.getpid(), asyncio.get_running_loop())

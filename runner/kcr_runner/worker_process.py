@@ -362,7 +362,12 @@ async def read_line(stream: asyncio.StreamReader, limit: int) -> bytes:
 
 
 def describe_exit(code: int) -> str:
-    """A user-facing sentence for a worker exit status."""
+    """A user-facing sentence for a worker exit status.
+
+    It never blames memory: when the pod's memory cap stopped the kernel, the caller
+    says so with :meth:`MemoryCap.message` instead. A SIGKILL without that is the kernel
+    being stopped from outside (the pod stopped, ``kill -9``).
+    """
     if code < 0 or code > 128:
         number = -code if code < 0 else code - 128
         try:
@@ -371,7 +376,7 @@ def describe_exit(code: int) -> str:
             name = f"signal {number}"
         text = f"the kernel process died (killed by signal {name}"
         if number == signal.SIGKILL:
-            text += "; the out-of-memory killer is a common cause"
+            text += ": it was stopped from outside the kernel"
         if code > 128:
             text += f"; exit status {code}"
         return text + ")"

@@ -74,7 +74,11 @@ def lab(tmp_path_factory):
         gateway,
         "browser-lab-token",
         app="jupyterlab",
-        args=["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        args=[
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # What `kcr-kernels lab` sets: /api/resolvePath answers instead of a 500.
+            "--GatewayMappingKernelManager.kernel_manager_class=kcr_kernels.lab.GatewayKernelManager",
+        ],
     )
     # Answer JupyterLab's "get notified about Jupyter news?" question up front (no toast).
     settings = server.workdir / "home" / ".jupyter" / "lab" / "user-settings" / "@jupyterlab"

@@ -123,3 +123,25 @@ def test_missing_token_file(tmp_path):
     assert r.returncode == 1
     assert "cannot read the token file" in r.stderr and "No such file" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_help_shows_the_real_defaults(tmp_path):
+    r = run_gateway(tmp_path, "--help")
+    assert r.returncode == 0, r.stderr
+    blocks = {b.split("=", 1)[0]: b for b in r.stdout.split("\n--")}
+    assert "Default: 'INFO'" in blocks["log-level"]
+    assert "else 'local'" in blocks["backend"]
+    assert "/kcr'" in blocks["data-dir"]
+    for name in ("log-level", "backend", "data-dir", "token-file"):
+        assert "Default: ''" not in blocks[name], blocks[name]
+        assert "Default: 30" not in blocks[name], blocks[name]
+
+
+@pytest.mark.parametrize(("argv", "level"), [([], 20), (["--log-level=WARN"], 30)])
+def test_log_level_default_is_info_and_the_flag_works(tmp_path, argv, level):
+    from kcr_gateway.app import KCRGateway
+
+    app = KCRGateway()
+    app.initialize(["--data-dir", str(tmp_path), *argv])
+    assert app.log_level == level
+    assert [h.level for h in app.log.handlers] == [level]  # traitlets filters in the handler
