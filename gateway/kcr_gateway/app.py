@@ -27,7 +27,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
 from kcr_kernels.pool import PodPool, PoolConfig
-from kcr_kernels.stores import StoreError, open_file_store, open_kernel_store
+from kcr_kernels.stores import StoreError, StoreUnavailable, open_file_store, open_kernel_store
 from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__, redact
@@ -465,6 +465,7 @@ class KCRGateway(JupyterApp):
             await self.kernel_store.ping()
         except StoreError as e:
             raise StartupError(f"the kernel store is unreachable: {e}")
+        await self._check_file_store()
         await self.pool.start()
         self.identity_provider.validate_security(self)
         app = self.make_web_app()
@@ -483,6 +484,16 @@ class KCRGateway(JupyterApp):
         self.kernel_manager.start_background()
         self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
+
+    async def _check_file_store(self) -> None:
+        """A file store that answers but cannot work is a start-up error; one that does not
+        answer yet is a warning (kernels keep their files in their pods until it does)."""
+        try:
+            await self.workspace_sync.store.ping()
+        except StoreUnavailable as e:
+            self.log.warning("The file store does not answer yet (files are kept in pods): %s", e)
+        except StoreError as e:
+            raise StartupError(f"bad files_url: {e}")
 
     async def _become_ready(self) -> None:
         """Mark the gateway ready (``/readyz``) once every pool has filled."""

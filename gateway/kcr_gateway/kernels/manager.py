@@ -74,6 +74,7 @@ from .errors import (
     http_error,
     quietly,
 )
+from .file_saving import KCRFileSaver
 from .leases import KCRLeaseKeeper
 from .remote_kernel import KernelState, RemoteKernel, iso
 
@@ -212,6 +213,7 @@ class KCRKernelManager(LoggingConfigurable):
             self.log.info("KCRKernelManager.%s is read as %s.%s", name, MOVED_OPTIONS[name], name)
         self.leases = KCRLeaseKeeper(parent=self, log=self.log, store=self.store)
         self.checkpointer = KCRCheckpointer(parent=self, log=self.log, store=self.store)
+        self.file_saver = KCRFileSaver(parent=self, log=self.log)
         self.culler = KCRCuller(parent=self, log=self.log)
         self._kernels: dict[str, RemoteKernel] = {}
         self.kernel_info_cache: dict[str, dict] = {}  # language -> the runner's kernel_info
@@ -427,7 +429,8 @@ class KCRKernelManager(LoggingConfigurable):
         """
         kernels = self.attached_kernels()
         await asyncio.gather(
-            *(k.hibernate("gateway shutdown") for k in kernels), return_exceptions=True
+            *(k.hibernate("gateway shutdown", must=True) for k in kernels),
+            return_exceptions=True,
         )
         for kernel in kernels:
             if kernel.pod is not None:  # its state could not be saved: still free the pod
