@@ -15,8 +15,10 @@ network faults without touching the server::
   open (a pooled keep-alive connection must not keep working through an outage). The
   port is listened on again when the mode leaves ``refuse``.
 * ``hang``: connections are accepted and their bytes read and dropped, nothing is sent
-  back, as a stalled server or a black-holing network; switching to ``hang`` stalls the
-  open connections too (their bytes stop flowing both ways).
+  back, as a stalled server or a black-holing network. Switching to ``hang`` resets the
+  connections that are open, so a client's next request (or its retry) lands on a hung
+  connection; a hung connection stays hung after the mode changes, until its client
+  gives up (its read timeout), while new connections follow the new mode.
 
 It runs its own thread with an asyncio loop, so a test's event loop (or a gateway in the
 test process) and the proxy never wait on each other. ``stop()`` closes everything.
@@ -104,8 +106,6 @@ class FaultProxyDouble:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._shutdown_event = asyncio.Event()
-        self._gate = asyncio.Event()
-        self._gate.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._port)
         self._port = self._server.sockets[0].getsockname()[1]
         ready.set()
@@ -115,26 +115,26 @@ class FaultProxyDouble:
         self._reset_all()
 
     async def _apply(self, mode: str) -> None:
-        if mode == "pass":
-            self._gate.set()
-        else:
-            self._gate.clear()
+        if mode != "pass":
+            self._reset_all(hung_too=mode == "refuse")
         if mode == "refuse":
             if self._server is not None:
                 self._server.close()
                 self._server = None
-            self._reset_all()
         elif self._server is None:
             self._server = await asyncio.start_server(
                 self._accept, "127.0.0.1", self._port, reuse_address=True
             )
 
-    def _reset_all(self) -> None:
-        for client, upstream in list(self._open):
+    def _reset_all(self, hung_too: bool = True) -> None:
+        for pair in list(self._open):
+            client, upstream = pair
+            if upstream is None and not hung_too:
+                continue
             _reset(client)
             if upstream is not None:
                 _reset(upstream)
-        self._open.clear()
+            self._open.discard(pair)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -167,7 +167,6 @@ class FaultProxyDouble:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             data = await reader.read(65536)
-            await self._gate.wait()  # "hang" stalls bytes already in flight too
             if not data:
                 with contextlib.suppress(Exception):
                     writer.write_eof()

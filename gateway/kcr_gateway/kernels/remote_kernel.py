@@ -407,8 +407,8 @@ class RemoteKernel(LoggingConfigurable):
         if left_behind:
             head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
             notice = (
-                f"{head} Files not saved before its old pod went (the file store failed; "
-                f"their last saved version, if any, is back): {name_files(left_behind)}.\n"
+                f"{head} Not saved before its old pod went (their last saved version, if "
+                f"any, is back): {name_files(left_behind)}.\n"
             )
         if self.session.move_notes:  # comms and debug sessions stay behind with the pod
             head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
@@ -482,8 +482,8 @@ class RemoteKernel(LoggingConfigurable):
         self.touch()
         if left_behind:
             session.tell_user(
-                "[kcr] warning: files not saved before the restart (the file store failed; "
-                f"their last saved version, if any, is back): {name_files(left_behind)}.\n"
+                "[kcr] warning: not saved before the restart (their last saved version, if "
+                f"any, is back): {name_files(left_behind)}.\n"
             )
         self.log.info("Kernel %s restarted on pod %s", self.kernel_id, self.pod.name)
 
