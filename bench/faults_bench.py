@@ -117,8 +117,9 @@ class Bench:
 
     async def until_stored(self, kid: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while any((await self.stored(kid)).get(p) != v for p, v in FILES.items()):
-            if time.monotonic() > deadline:
+        while True:
+            files = await self.stored(kid)
+            if all(files.get(p) == v for p, v in FILES.items()) or time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.1)
 
