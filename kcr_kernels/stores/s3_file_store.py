@@ -263,11 +263,17 @@ class S3FileStore(FileStore):
             raise
         except StoreError as e:
             code = self._code(e)
-            if code.isdigit():  # an HTTP status without an S3 error code
+            if not code or code.isdigit():  # an HTTP status without an S3 error code
+                cause = e.__cause__
+                status = (
+                    cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
+                    if isinstance(cause, ClientError)
+                    else code
+                )
                 raise StoreConfigError(
                     self.url,
                     op,
-                    f"the endpoint {endpoint} answered HTTP {code} without an S3 error: "
+                    f"the endpoint {endpoint} answered HTTP {status} without an S3 error: "
                     "is it an S3 API?",
                 ) from None
             raise StoreConfigError(self.url, op, e.detail) from None
