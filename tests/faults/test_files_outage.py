@@ -29,6 +29,10 @@ SYNC_WAIT = 1.0
 READ_TIMEOUT = 20.0
 
 
+#: the module's gateway; the last test replaces it (None: stopped)
+_apps: list[FilesGateway | None] = []
+
+
 @pytest.fixture(scope="module")
 def proxy(s3_server):
     proxy = FaultProxyDouble("127.0.0.1", s3_server.port).start()
@@ -63,9 +67,11 @@ async def gateway(tmp_path_factory, proxy, s3_url, s3_options):
     }
     await app.start_async()
     await app.pool.wait_warm(60)
+    _apps.append(app)
     yield app
     proxy.mode = "pass"
-    await app.stop_async()
+    if _apps[-1] is not None:  # the last test may have stopped it and started another
+        await _apps[-1].stop_async()
 
 
 @pytest.fixture
@@ -233,12 +239,47 @@ async def test_a_hung_store_does_not_hold_the_next_cell(gateway, kernel, passing
     k = km.get_kernel(kid)
     await wait_for(lambda: not k.attached, 30, "pod loss noticed")
     passing.mode = "pass"
+    await gateway.pool.wait_warm(60)  # time the wait on the sync, not a cold pod start
     started = time.monotonic()
     r = await kernel.execute("print(open('a.txt').read())", timeout=2 * READ_TIMEOUT)
     elapsed = time.monotonic() - started
     assert r.stdout == "old\n"  # 'new' was only in the dead pod
     assert elapsed < READ_TIMEOUT / 2, f"the cell waited {elapsed:.1f}s for the hung sync"
     assert "Not saved before its old pod went" in r.stderr and "a.txt, b.txt" in r.stderr
+
+
+async def test_a_gateway_shutdown_during_an_outage_names_the_files_left_behind(
+    gateway, base, passing, caplog
+):
+    """Runs last: it stops the module's gateway and starts another on the same stores."""
+    kid = await start_kernel(base, token=TOKEN)
+    kernel = await WSKernelClient.connect(base, kid, token=TOKEN)
+    cell = await write_during_outage(gateway, kernel, passing)
+    await wait_text(kernel, [cell], "not saved yet")
+    kernel.close()
+    _apps[-1] = None
+    with caplog.at_level("WARNING"):
+        await gateway.stop_async()  # must release the pod: the files cannot be saved
+    logged = [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
+    assert any(kid in m and "a.txt, b.txt" in m for m in logged), logged
+
+    passing.mode = "pass"
+    successor = FilesGateway(config=gateway.config)
+    successor.files_options = gateway.files_options
+    await successor.start_async()
+    _apps[-1] = successor
+    base = f"http://127.0.0.1:{successor.port}"
+    client = await WSKernelClient.connect(base, kid, token=TOKEN)
+    try:
+        r = await client.execute("print(open('a.txt').read())")
+        assert r.stdout == "old\n"
+        assert "Not saved before its old pod went" in r.stderr, r.stderr
+        assert "a.txt, b.txt" in r.stderr
+        again = await client.execute("1 + 1")
+        assert "Not saved" not in again.stderr  # said once
+    finally:
+        client.close()
+        await http(base, "DELETE", f"/api/kernels/{kid}", token=TOKEN)
 
 
 class _NotS3(BaseHTTPRequestHandler):
