@@ -34,7 +34,13 @@ from . import __version__, redact
 from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
-from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
+from .kernels import (
+    KCRCheckpointer,
+    KCRCuller,
+    KCRFileSaver,
+    KCRKernelManager,
+    KCRLeaseKeeper,
+)
 from .ownership import KCRAuthorizer
 from .token_cli import HashTokenApp
 from .websocket import KCRWebsocketConnection
@@ -86,6 +92,7 @@ class KCRGateway(JupyterApp):
             KCRLeaseKeeper,
             KCRCheckpointer,
             KCRCuller,
+            KCRFileSaver,
             KCRKernelSpecManager,
             KCRIdentityProvider,
             KCRAuthorizer,

@@ -15,6 +15,8 @@ Map of this package (each module's docstring states its contract):
                     restored (``--KCRCheckpointer.checkpoint_delay``)
 ``culling``         :class:`KCRCuller`: idle kernels hibernated or shut down
                     (``--KCRCuller.cull_*``)
+``file_saving``     :class:`KCRFileSaver`: kernels' files reach the file store
+                    (background syncs, retries, ``--KCRFileSaver.*``)
 ``errors``          the typed errors, their HTTP statuses (:func:`http_error`)
 ``tasks``           :class:`TaskOwner`: every background task has an owner
 ==================  ===========================================================
