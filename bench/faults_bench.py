@@ -333,7 +333,10 @@ def table(rows: list[dict]) -> str:
     keys = ["scenario", "kernels_lost", "values_lost", "files_lost", "recovery_s", "message"]
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     for row in rows:
-        cells = [str(row.get(k, "")).replace("|", "\\|").replace("\n", " ") for k in keys]
+        cells = [
+            "-" if row.get(k) is None else str(row[k]).replace("|", "\\|").replace("\n", " ")
+            for k in keys
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -342,6 +345,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument("--kernels", type=int, default=3, help="faults_gateway: kernels each")
+    parser.add_argument("--tries", type=int, default=10, help="faults_gateway: pod kills")
     args = parser.parse_args()
     rows = asyncio.run(main_async(args))
     print(machine_line(machine_info(["boto3", "moto", "tornado"])))

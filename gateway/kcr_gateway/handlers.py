@@ -82,9 +82,11 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
     async def get(self):
         if not self.settings["kcr_list_kernels"]:
             raise web.HTTPError(403, "Listing kernels is disabled on this gateway")
-        kernels = await self.kernel_manager.list_kernels(
+        kernels, complete = await self.kernel_manager.list_kernels_from_registry(
             user=self.authorizer.list_owner(self.current_user)
         )
+        # The registry did not answer: this gateway's own kernels only, and it says so.
+        self.set_header("X-KCR-Registry", "ok" if complete else "unreachable")
         self.finish(json.dumps(kernels))
 
     @web.authenticated

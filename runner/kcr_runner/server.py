@@ -499,6 +499,9 @@ class ChannelHandler(websocket.WebSocketHandler):
                 return self.protocol_error(request_id, "bad_content", '"code" must be a string')
             header = frame.get("header")
             header = header if isinstance(header, dict) else None
+            # The request reached the pod: a gateway that loses the pod after this ends
+            # the request with KernelDied; before it, it re-sends the request to a new pod.
+            self.send_text(f'{{"id": {json.dumps(request_id)}, "event": "ack"}}')
             asyncio.ensure_future(self._request(request_id, op, content, header))
         else:
             self.protocol_error(

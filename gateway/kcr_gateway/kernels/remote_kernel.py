@@ -126,6 +126,10 @@ class RemoteKernel(LoggingConfigurable):
         self.created = record.get("created") or time.time()
         self.last_activity: float = record.get("last_activity") or time.time()
         self.last_checkpoint: float | None = record.get("checkpointed")  # state last saved
+        #: the replica that ran it when its record was read ("" for a new kernel)
+        self.registry_owner: str = (
+            "" if record.get("state") == "hibernated" else record.get("owner") or ""
+        )
         self.state = (
             KernelState.HIBERNATED if record.get("state") == "hibernated" else KernelState.DETACHED
         )
@@ -152,11 +156,19 @@ class RemoteKernel(LoggingConfigurable):
 
     @property
     def execution_state(self) -> str:
-        if self.state is KernelState.HIBERNATED:
-            return "hibernated"
-        if not self.attached:
-            return "idle"
-        return self.session.execution_state
+        """``hibernated`` for a kernel without a pod (hibernated, pod lost, adopted after this
+        gateway restarted) unless a request is resuming it (``busy``); ``idle`` for one the
+        registry says another replica runs; else the session's."""
+        if self.attached or not self.session.idle:
+            return self.session.execution_state
+        if self.state is KernelState.DETACHED and self.registry_owner not in ("", self.host_owner):
+            return "idle"  # on another replica, as far as this one knows
+        return "hibernated"
+
+    @property
+    def host_owner(self) -> str:
+        leases = getattr(self.host, "leases", None)
+        return getattr(leases, "owner", "")
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -304,6 +316,7 @@ class RemoteKernel(LoggingConfigurable):
             await pool.release(pod)
             raise PodFailed("files" if isinstance(e, RestoreFailed) else "connect", e, kid)
         self.pod, self.runner = pod, runner
+        self.registry_owner = ""  # this replica's now
         self.files.new_pod()  # a new pod: its first cell syncs
         self.lost_reason = None
         self.stop_reason = None
@@ -396,7 +409,7 @@ class RemoteKernel(LoggingConfigurable):
             lost_reason = self.lost_reason
             if self.pod is not None:
                 await self.drop_pod()
-            await self.host.leases.take(self.kernel_id)
+            await self.host.leases.take(self.kernel_id, on_wait=self.session.tell_user)
             await self.attach(self.host.start_timeout)
             result = None
             if restore_state:
