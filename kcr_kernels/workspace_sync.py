@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .stores import (
     FileTooLarge,
     InvalidPath,
     StoreError,
+    StoreUnavailable,
     validate_path,
 )
 
@@ -96,8 +98,13 @@ class SyncResult:
 
     ``uploaded``/``deleted``: paths pushed to / removed from the store. ``skipped``: files
     newly left out (each version of a file is reported once, not after every cell).
-    ``error``: why the sync stopped early (store or runner unreachable), else ``None``.
-    ``warning``: all of that as text for the user's stderr, or ``None`` when all is well.
+    ``error``: why the sync stopped early (store or runner unreachable), else ``None``;
+    ``store_failed``: that error came from the file store (retry later: the pod still holds
+    the files), not from the runner. ``unsaved``: workspace paths whose latest change
+    (written, or deleted) is not in the store because of that error, sorted.
+    ``warning``: all of that as text for the user's stderr, or ``None`` when all is well;
+    ``notes``: the same without the error (what to say when the caller reports the error
+    itself).
     """
 
     uploaded: list[str] = field(default_factory=list)
@@ -105,6 +112,8 @@ class SyncResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     error: str | None = None
+    store_failed: bool = False
+    unsaved: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -112,8 +121,13 @@ class SyncResult:
         return self.error is None and not self.skipped
 
     @property
-    def warning(self) -> str | None:
+    def notes(self) -> str | None:
         lines = [s.message for s in self.skipped if s.message] + list(self.notices)
+        return "\n".join(lines) if lines else None
+
+    @property
+    def warning(self) -> str | None:
+        lines = [self.notes] if self.notes else []
         if self.error:
             lines.append(f"the kernel's files could not be saved: {self.error}")
         return "\n".join(lines) if lines else None
@@ -136,6 +150,8 @@ class _KernelFiles:
     uploading: set[str] = field(default_factory=set)
     #: messages waiting for the next sync result (e.g. a file restore failed).
     notices: list[str] = field(default_factory=list)
+    #: pod paths whose latest change is not in the store yet (a sync failed or is running).
+    unsaved: set[str] = field(default_factory=set)
 
 
 class ChunkPipe:
@@ -309,18 +325,45 @@ class WorkspaceSync:
             state.synced = {e.path: (e.size, e.sha256) for e in entries}
             state.complete = True
             state.pinned = pinned
+            state.unsaved = set()  # a fresh pod: it holds exactly the store's files
             state.warned.clear()
             state.notices.extend(notices)
             for notice in notices:
                 self.log.warning("kernel %s: %s", kernel_id, notice)
             return sum(copied)
 
-    async def sync(self, kernel_id: str, runner: RunnerClient) -> SyncResult:
+    async def sync(
+        self, kernel_id: str, runner: RunnerClient, *, wait: float | None = None
+    ) -> SyncResult:
         """After a cell: push created/changed files to the store and delete removed ones
-        (only changes move). Never raises for a store or runner outage."""
+        (only changes move). Never raises for a store or runner outage.
+
+        ``wait``: most seconds to wait for another sync of the kernel to end (``None``: as
+        long as it takes); after that the result's ``error`` says a sync is still running.
+        """
         state = self._state(kernel_id)
+        if wait is not None:
+            try:
+                await asyncio.wait_for(state.lock.acquire(), wait)
+            except TimeoutError:
+                return SyncResult(
+                    error="an earlier sync of this kernel's files is still running "
+                    "(the file store is slow)",
+                    store_failed=True,
+                    unsaved=sorted(state.unsaved),
+                )
+            try:
+                return await self._sync_locked(kernel_id, state, runner)
+            finally:
+                state.lock.release()
         async with state.lock:
             return await self._sync_locked(kernel_id, state, runner)
+
+    def unsaved(self, kernel_id: str) -> list[str]:
+        """Paths whose latest change in the pod is not in the store yet (sorted), as of the
+        last sync: the last sync failed (store down) or is still running."""
+        state = self._kernels.get(kernel_id)
+        return sorted(state.unsaved) if state is not None else []
 
     async def forget(self, kernel_id: str) -> None:
         """The kernel was deleted: remove its files from the store."""
@@ -353,9 +396,13 @@ class WorkspaceSync:
                 state.complete = False
             await self._apply(kernel_id, state, runner, listing, result)
         except StoreError as e:
-            result.error = str(e)
+            result.error = store_reason(e)
+            result.store_failed = True
+            if state.synced is None:  # not even listed: every file may be unsaved
+                state.unsaved = {i["path"] for i in listing if i.get("type", "file") == "file"}
         except RunnerGone as e:
             result.error = f"the pod went away during the sync: {e}"
+        result.unsaved = sorted(state.unsaved)
         result.seconds = time.perf_counter() - started
         if result.uploaded or result.deleted or result.error:
             self.log.debug(
@@ -386,8 +433,17 @@ class WorkspaceSync:
             if not name.startswith(_RUNNER_TEMP_PREFIX):
                 pod[item["path"]] = item
 
+        gone = []
         if state.complete:
             gone = sorted(set(synced) - set(pod) - state.pinned - state.uploading)
+        # What this sync must move; each path leaves the set once the store has it.
+        state.unsaved = set(gone) | {
+            path
+            for path, item in pod.items()
+            if path not in state.uploading
+            and synced.get(path) != (int(item["size"]), item.get("sha256"))
+        }
+        if gone:
             await self._gather([self._delete_one(kernel_id, p, state, result) for p in gone])
         # Files deleted from the pod no longer need a warning.
         for path in list(state.warned):
@@ -411,10 +467,12 @@ class WorkspaceSync:
                         state.warned[path] = sha
                         over_count.append(path)
                         result.skipped.append(SkippedFile(path, size, "file_count", ""))
+                    state.unsaved.discard(path)
                     continue
                 count += 1
             skip = self._check_pod_file(path, size, usage - old_size)
             if skip is not None:
+                state.unsaved.discard(path)  # not saved on purpose, and reported
                 if state.warned.get(path, "\0") != sha:
                     state.warned[path] = sha
                     result.skipped.append(skip)
@@ -483,6 +541,7 @@ class WorkspaceSync:
                 kernel_id, path, runner, max_bytes=max_bytes, mtime=item.get("mtime")
             )
         except FileTooLarge:  # it grew after the listing
+            state.unsaved.discard(path)
             result.skipped.append(
                 SkippedFile(
                     path,
@@ -497,9 +556,11 @@ class WorkspaceSync:
         except RunnerError as e:
             if e.status == 404:  # deleted since the listing: the next sync handles it
                 return
+            state.unsaved.discard(path)
             result.skipped.append(SkippedFile(path, item["size"], "error", f"{path}: {e}"))
             return
         except InvalidPath as e:  # e.g. a file where the store has a folder
+            state.unsaved.discard(path)
             result.skipped.append(
                 SkippedFile(path, item["size"], "bad_name", f"{path!r} was not saved: {e.detail}")
             )
@@ -507,6 +568,7 @@ class WorkspaceSync:
         assert state.synced is not None
         state.synced[path] = (entry.size, entry.sha256)
         state.pinned.discard(path)
+        state.unsaved.discard(path)
         result.uploaded.append(path)
 
     async def _delete_one(
@@ -515,6 +577,7 @@ class WorkspaceSync:
         await self.store.delete(kernel_id, path)
         assert state.synced is not None
         state.synced.pop(path, None)
+        state.unsaved.discard(path)
         result.deleted.append(path)
 
     @staticmethod
@@ -695,6 +758,21 @@ class WorkspaceSync:
         return _prepend(first, chunks), result
 
 
+def store_reason(error: StoreError) -> str:
+    """A short reason for the user: which store failed and why, without the operation and
+    the request's query (``S3 unreachable: Could not connect to the endpoint URL:
+    "http://h:9/b?list-type=2..."`` becomes ``the file store s3://b/p (http://h:9) is
+    unreachable (could not connect to the endpoint URL)``)."""
+    detail = error.detail
+    if isinstance(error, StoreUnavailable):
+        endpoint = re.search(r"(https?://[^/\"?\s]+)", detail)
+        where = f" ({endpoint.group(1)})" if endpoint else ""
+        cut = detail.removeprefix("S3 unreachable: ").removeprefix("S3 client error: ")
+        cut = re.split(r':? "?https?://', cut, maxsplit=1)[0].rstrip(": ")
+        return f"the file store {error.url}{where} is unreachable ({cut[:1].lower() + cut[1:]})"
+    return f"the file store {error.url} failed: {detail}"
+
+
 def _quote(path: str) -> str:
     from urllib.parse import quote
 
@@ -725,4 +803,5 @@ __all__ = [
     "WorkspaceSync",
     "human_size",
     "pipe_through",
+    "store_reason",
 ]

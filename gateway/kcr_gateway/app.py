@@ -43,7 +43,13 @@ from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .help_defaults import shown_default
 from .identity import KCRIdentityProvider
-from .kernels import KCRCheckpointer, KCRCuller, KCRKernelManager, KCRLeaseKeeper
+from .kernels import (
+    KCRCheckpointer,
+    KCRCuller,
+    KCRFileSaver,
+    KCRKernelManager,
+    KCRLeaseKeeper,
+)
 from .ownership import KCRAuthorizer
 from .token_cli import HashTokenApp
 from .websocket import KCRWebsocketConnection
@@ -96,6 +102,7 @@ class KCRGateway(JupyterApp):
             KCRLeaseKeeper,
             KCRCheckpointer,
             KCRCuller,
+            KCRFileSaver,
             KCRKernelSpecManager,
             KCRIdentityProvider,
             KCRAuthorizer,
@@ -581,6 +588,7 @@ class KCRGateway(JupyterApp):
             if isinstance(e, StoreUnavailable):
                 raise StartupError(f"the kernel store is unreachable: {e}")
             raise StartupError(f"the kernel store does not work: {e}")
+        await self._check_file_store()
         await self.kernel_manager.load_registry_view()
         await self.pool.start()
         self.identity_provider.validate_security(self)
@@ -593,6 +601,16 @@ class KCRGateway(JupyterApp):
             self.code_api.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
+
+    async def _check_file_store(self) -> None:
+        """A file store that answers but cannot work is a start-up error; one that does not
+        answer yet is a warning (kernels keep their files in their pods until it does)."""
+        try:
+            await self.workspace_sync.store.ping()
+        except StoreUnavailable as e:
+            self.log.warning("The file store does not answer yet (files are kept in pods): %s", e)
+        except StoreError as e:
+            raise StartupError(f"bad files_url: {e}")
 
     async def _become_ready(self) -> None:
         """Mark the gateway ready (``/readyz``) once every pool has filled."""

@@ -93,10 +93,10 @@ def files_version(kernel: Any) -> str | None:
     """What the kernel's files are as of its last cell: the runner's workspace fingerprint
     when the store holds exactly that (its sync finished), else ``None``."""
     version = getattr(kernel, "workspace_fingerprint", None)
-    running = getattr(kernel, "file_sync", None)
-    if version is None or version != getattr(kernel, "synced_workspace", None):
+    saver = getattr(kernel, "files", None)  # file_saving.KernelFileSaver
+    if version is None or saver is None or version != saver.synced_workspace:
         return None
-    if running is not None and not running.done():
+    if saver.running or saver.unsaved():
         return None
     return version
 

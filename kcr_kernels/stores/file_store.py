@@ -62,6 +62,8 @@ class FileStore(abc.ABC):
       ``usage(kernel_id)`` is the total size in bytes.
     * A file and a folder cannot share a name: writing ``a/b`` when ``a`` is a
       file (or ``a`` when ``a/b`` exists) raises :class:`InvalidPath`.
+    * ``ping()`` checks, before first use, that the store answers and is what its URL
+      says (:class:`StoreUnavailable` / :class:`StoreConfigError`).
     * Failures raise :class:`StoreError` naming the store URL and operation;
       an unreachable service raises :class:`StoreUnavailable` within the
       configured timeouts.
@@ -97,6 +99,15 @@ class FileStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete_all(self, kernel_id: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Check the store is there and is what its URL says, before it is used.
+
+        Raises :class:`StoreUnavailable` when it cannot be reached (now: it may come back)
+        and :class:`StoreConfigError` when it answers but cannot work (not an S3 API, no
+        such bucket, credentials refused). The default does nothing.
+        """
+        return None
 
     async def usage(self, kernel_id: str) -> int:
         """Total bytes stored for ``kernel_id``."""

@@ -240,6 +240,48 @@ class S3FileStore(FileStore):
                 return None
             raise
 
+    # -- ping -----------------------------------------------------------
+    async def ping(self) -> None:
+        """List at most one key of the prefix: refused or timed out → StoreUnavailable;
+        an answer that is not S3's (an HTML page, a bare HTTP error), a missing bucket or
+        refused credentials → StoreConfigError, one line saying which."""
+        op = "ping()"
+        endpoint = self._s3.meta.endpoint_url
+        try:
+            await self._ensure_bucket(op)
+            answer = await self._io_raw(
+                op, self._s3.list_objects_v2, Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
+            )
+        except StoreUnavailable as e:
+            cause = e.__cause__
+            if isinstance(cause, _NETWORK_ERRORS) or not isinstance(cause, BotoCoreError):
+                raise
+            raise StoreConfigError(
+                self.url, op, f"the endpoint {endpoint} answered, but not as an S3 API ({cause})"
+            ) from None
+        except StoreConfigError:
+            raise
+        except StoreError as e:
+            code = self._code(e)
+            if not code or code.isdigit():  # an HTTP status without an S3 error code
+                cause = e.__cause__
+                status = (
+                    cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
+                    if isinstance(cause, ClientError)
+                    else code
+                )
+                raise StoreConfigError(
+                    self.url,
+                    op,
+                    f"the endpoint {endpoint} answered HTTP {status} without an S3 error: "
+                    "is it an S3 API?",
+                ) from None
+            raise StoreConfigError(self.url, op, e.detail) from None
+        if "Name" not in answer and "KeyCount" not in answer:
+            raise StoreConfigError(
+                self.url, op, f"the endpoint {endpoint} answered, but not as an S3 API"
+            )
+
     # -- list -----------------------------------------------------------
     def _list_objects_sync(self, prefix: str) -> list[dict]:
         objects: list[dict] = []

@@ -163,9 +163,13 @@ async def test_store_outage_is_reported_not_raised(new_pod, kernel_id, s3_option
     write(pod, "a.txt", b"a")
     sync = make_sync(dead)
 
+    write(pod, "b.txt", b"b")
     result = await sync.sync(kernel_id, pod.client)
     assert result.error and "127.0.0.1:9" in result.error
     assert "could not be saved" in result.warning
+    # Every change the store did not get is named, not only the first failed write.
+    assert result.store_failed and result.unsaved == ["a.txt", "b.txt"]
+    assert sync.unsaved(kernel_id) == ["a.txt", "b.txt"]
     with pytest.raises(RestoreFailed, match="could not be listed"):
         await sync.restore(kernel_id, pod.client)
     await dead.close()

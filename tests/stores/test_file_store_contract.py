@@ -358,3 +358,57 @@ async def test_s3_unresponsive_endpoint_is_unavailable_not_a_hang(s3_options):
         with pytest.raises(StoreUnavailable, match="S3 unreachable"):
             await asyncio.wait_for(store.read_bytes("k1", "f"), 30)
         await store.close()
+
+
+async def test_ping_passes_on_a_working_store(store):
+    await store.ping()
+
+
+async def test_s3_ping_tells_unreachable_from_not_s3(s3_options):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    down = open_file_store(
+        "s3://kcr-test/files",
+        **dict(s3_options, endpoint_url=f"http://127.0.0.1:{free_port()}"),
+        connect_timeout=0.5,
+    )
+    with pytest.raises(StoreUnavailable):
+        await down.ping()
+    await down.close()
+
+    class Page(BaseHTTPRequestHandler):
+        status = 200
+
+        def do_GET(self):
+            body = b"<html><body>It works!</body></html>"
+            self.send_response(self.status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    class Missing(Page):
+        status = 404
+
+    for handler, text in ((Page, "not as an S3 API"), (Missing, "HTTP 404 without an S3 error")):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        store = open_file_store("s3://kcr-test/files", **dict(s3_options, endpoint_url=endpoint))
+        try:
+            with pytest.raises(StoreConfigError, match=text) as caught:
+                await store.ping()
+            assert endpoint in str(caught.value)
+        finally:
+            await store.close()
+            server.shutdown()
+
+    missing = open_file_store(f"s3://kcr-nope-{uuid.uuid4().hex[:8]}/p", **s3_options)
+    with pytest.raises(StoreConfigError, match="does not exist"):
+        await missing.ping()
+    await missing.close()

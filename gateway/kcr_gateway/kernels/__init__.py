@@ -2,6 +2,7 @@
 
 from .checkpoints import KCRCheckpointer
 from .culling import KCRCuller
+from .file_saving import KCRFileSaver
 from .leases import KCRLeaseKeeper
 from .manager import KCRKernelManager
 from .remote_kernel import KernelState, RemoteKernel
@@ -9,6 +10,7 @@ from .remote_kernel import KernelState, RemoteKernel
 __all__ = [
     "KCRCheckpointer",
     "KCRCuller",
+    "KCRFileSaver",
     "KCRKernelManager",
     "KCRLeaseKeeper",
     "KernelState",

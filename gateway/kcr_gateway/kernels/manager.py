@@ -15,6 +15,8 @@ Map of this package (each module's docstring states its contract):
                     restored (``--KCRCheckpointer.checkpoint_delay``)
 ``culling``         :class:`KCRCuller`: idle kernels hibernated or shut down
                     (``--KCRCuller.cull_*``)
+``file_saving``     :class:`KCRFileSaver`: kernels' files reach the file store
+                    (background syncs, retries, ``--KCRFileSaver.*``)
 ``errors``          the typed errors, their HTTP statuses (:func:`http_error`)
 ``tasks``           :class:`TaskOwner`: every background task has an owner
 ==================  ===========================================================
@@ -74,6 +76,7 @@ from .errors import (
     http_error,
     quietly,
 )
+from .file_saving import KCRFileSaver
 from .leases import KCRLeaseKeeper
 from .remote_kernel import KernelState, RemoteKernel, iso
 
@@ -224,6 +227,7 @@ class KCRKernelManager(LoggingConfigurable):
             self.log.info("KCRKernelManager.%s is read as %s.%s", name, MOVED_OPTIONS[name], name)
         self.leases = KCRLeaseKeeper(parent=self, log=self.log, store=self.store)
         self.checkpointer = KCRCheckpointer(parent=self, log=self.log, store=self.store)
+        self.file_saver = KCRFileSaver(parent=self, log=self.log)
         self.culler = KCRCuller(parent=self, log=self.log)
         self._kernels: dict[str, RemoteKernel] = {}
         #: registry records as of the last listing that answered (for listings during an outage)
@@ -490,7 +494,8 @@ class KCRKernelManager(LoggingConfigurable):
         """
         kernels = self.attached_kernels()
         await asyncio.gather(
-            *(k.hibernate("gateway shutdown") for k in kernels), return_exceptions=True
+            *(k.hibernate("gateway shutdown", must=True) for k in kernels),
+            return_exceptions=True,
         )
         for kernel in kernels:
             if kernel.pod is not None:  # its state could not be saved: still free the pod

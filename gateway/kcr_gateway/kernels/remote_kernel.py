@@ -46,6 +46,7 @@ from kcr_kernels.workspace_sync import RestoreFailed
 
 from .. import metrics
 from .errors import NoPodAvailable, PodFailed, UnknownLanguage, quietly
+from .file_saving import KCRFileSaver, KernelFileSaver, name_files
 from .tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class KernelHost(Protocol):
     files: WorkspaceSync | None
     leases: LeaseKeeper
     checkpointer: Checkpointer
+    file_saver: KCRFileSaver
     start_timeout: float
     kernel_info_cache: dict[str, dict]  #: language -> the runner's kernel_info
 
@@ -137,15 +139,14 @@ class RemoteKernel(LoggingConfigurable):
         self.stop_reason: asyncio.Future | None = None  # the backend's word on that death
         self.dirty = False  # code ran since the last checkpoint
         self.interrupts_seen: set[str] = set()
-        self.file_sync: asyncio.Future | None = None  # the running file sync, if any
-        #: a cell ended while a sync ran: its fingerprint, synced once that sync is done
-        self.sync_wanted: str | None = None
-        self.sync_again = False
-        self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
         #: the runner's workspace fingerprint after the last cell (None: not known); the
         #: code API diffs files by it and the files listing reports it as its `version`
         self.workspace_fingerprint: str | None = None
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
+        self.files = KernelFileSaver(self, host.file_saver)
+        #: files whose last change never reached the store before the kernel's pod went
+        #: (kept in the record; named in the next resume notice)
+        self.files_left_behind: list[str] = list(record.get("unsaved_files") or [])
         self.session = self._new_session()
         # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
         self.session.kernel_info = dict(host.kernel_info_cache.get(self.language) or {})
@@ -197,6 +198,7 @@ class RemoteKernel(LoggingConfigurable):
             "state": state,
             "owner": owner,
             "checkpointed": self.last_checkpoint,
+            "unsaved_files": self.files_left_behind,
         }
 
     async def save_record(self) -> None:
@@ -242,7 +244,7 @@ class RemoteKernel(LoggingConfigurable):
     async def _before_request(self) -> None:
         # A running file sync does not hold the kernel back (a big tree can take minutes):
         # syncs of one kernel are serialized and each is incremental. Only a kernel that
-        # must move to a pod first waits for it.
+        # must move to a pod first waits for it, and at most sync_wait seconds.
         if not self.attached:
             await self.settle_files()
             await self.resume()
@@ -256,41 +258,28 @@ class RemoteKernel(LoggingConfigurable):
         self.dirty = True
         self.host.checkpointer.schedule(self)
         fingerprint = self.workspace_fingerprint = frame.get("workspace")
-        if fingerprint is not None and fingerprint == self.synced_workspace:
-            return  # the cell changed no file
-        if self.host.files is not None and self.runner is not None:
-            # In the background, so the cell's idle and the next request are not held back;
-            # any release of the pod waits for it (settle_files). A cell that ends while a
-            # sync runs gets one more sync after it (coalesced).
-            if self.file_sync is not None and not self.file_sync.done():
-                self.sync_wanted, self.sync_again = fingerprint, True
-            else:
-                self.file_sync = self.tasks.spawn(self._sync_files(fingerprint), "file sync")
+        # In the background (file_saving.KernelFileSaver): the cell's idle and the next
+        # request are not held back; a sync the store fails is retried until it works.
+        self.files.after_cell(fingerprint)
 
     # -- files --------------------------------------------------------------------
 
-    async def _sync_files(self, fingerprint: str | None) -> None:
-        while True:
-            runner = self.runner
-            if runner is None:
-                return
-            result = await self.host.files.sync(self.kernel_id, runner)
-            if result.error is None and self.runner is runner:
-                self.synced_workspace = fingerprint
-            if result.warning:
-                self.session.tell_user(f"[kcr] warning: {result.warning}\n")
-            if not self.sync_again:
-                return
-            fingerprint, self.sync_again, self.sync_wanted = self.sync_wanted, False, None
-
     async def settle_files(self) -> None:
-        """Wait for the file sync of the last cell, if it is still running."""
-        task, self.file_sync = self.file_sync, None
-        if task is not None and not task.done():
-            try:
-                await task
-            except Exception:
-                self.log.exception("Kernel %s: file sync failed", self.kernel_id)
+        """A kernel without a pod is about to move: let the sync of its last cell finish,
+        for at most ``sync_wait`` seconds; then it is abandoned (its pod is gone, so it
+        can only fail) and what it could not save is named in the resume notice."""
+        if self.files.running and not await self.files.settle():
+            self.log.warning(
+                "Kernel %s: its last file sync did not end within %ss; abandoned",
+                self.kernel_id,
+                self.host.file_saver.sync_wait,
+            )
+        self._left_behind(await self.files.abandon())
+
+    def _left_behind(self, files: list[str]) -> None:
+        for path in files:
+            if path not in self.files_left_behind:
+                self.files_left_behind.append(path)
 
     # -- transitions (each called with self.lock held unless it takes it) ---------
 
@@ -332,7 +321,7 @@ class RemoteKernel(LoggingConfigurable):
             raise PodFailed("files" if isinstance(e, RestoreFailed) else "connect", e, kid)
         self.pod, self.runner = pod, runner
         self.registry_owner = ""  # this replica's now
-        self.synced_workspace = None  # a new pod: its first cell syncs
+        self.files.new_pod()  # a new pod: its first cell syncs
         self.lost_reason = None
         self.stop_reason = None
         self.state = KernelState.ATTACHED
@@ -343,14 +332,19 @@ class RemoteKernel(LoggingConfigurable):
             await self.attach(timeout)
         await self.save_record()
 
-    async def drop_pod(self) -> None:
+    async def drop_pod(self, *, save_files: bool = True) -> None:
         """ATTACHED → DETACHED: detach and destroy the pod (no checkpoint).
 
-        The last cell's files are saved first; the pod is released whatever else fails
-        (a pod is never leaked). ``lost_reason`` is kept for the next resume.
+        The workspace is saved first (``save_files``; within ``release_wait``, and what
+        could not be saved is logged and named at the next resume); the pod is released
+        whatever else fails (a pod is never leaked). ``lost_reason`` is kept for the next
+        resume.
         """
         try:
-            await self.settle_files()
+            if save_files:
+                await self._save_files_before_release()
+            else:
+                await self.files.abandon()
             self.host.checkpointer.cancel(self)
             runner = self.session.detach_runner()
             if runner is not None:
@@ -361,6 +355,27 @@ class RemoteKernel(LoggingConfigurable):
                 self.state = KernelState.DETACHED
             if pod is not None:
                 await self.host.pool.release(pod)
+
+    async def _save_files_before_release(self) -> None:
+        """The pod is released now whatever happens: save what can be saved within
+        ``release_wait``; files that could not be are logged and kept for the notice."""
+        if self.runner is None:
+            self._left_behind(await self.files.abandon())
+            return
+        unsaved = await self.files.save_before_release()
+        unsaved = sorted(set(unsaved) | set(await self.files.abandon()))
+        self._release_unsaved(unsaved)
+
+    def _release_unsaved(self, unsaved: list[str]) -> None:
+        if unsaved:
+            self.log.warning(
+                "Kernel %s: its pod is released with %d file(s) not saved (their last saved "
+                "version, if any, comes back): %s",
+                self.kernel_id,
+                len(unsaved),
+                name_files(unsaved, 20),
+            )
+            self._left_behind(unsaved)
 
     def pod_lost(self, pod: Pod | None, why: str) -> None:
         """ATTACHED → LOST: ``pod`` died under the kernel (called by the runner or a reply)."""
@@ -403,8 +418,15 @@ class RemoteKernel(LoggingConfigurable):
             result = None
             if restore_state:
                 result = await self.host.checkpointer.restore(self)
+            left_behind, self.files_left_behind = self.files_left_behind, []
             await self.save_record()
         notice = resume_notice(lost_reason, result, self.last_checkpoint)
+        if left_behind:
+            head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
+            notice = (
+                f"{head} Not saved before its old pod went (their last saved version, if "
+                f"any, is back): {name_files(left_behind)}.\n"
+            )
         if self.session.move_notes:  # comms and debug sessions stay behind with the pod
             head = notice.rstrip("\n") or "[kcr] The kernel moved to a new pod."
             notice = " ".join([head, *self.session.move_notes]) + "\n"
@@ -418,10 +440,13 @@ class RemoteKernel(LoggingConfigurable):
             f" after {lost_reason}" if lost_reason else "",
         )
 
-    async def hibernate(self, reason: str) -> bool:
-        """ATTACHED → HIBERNATED: checkpoint, then release pod and lease.
+    async def hibernate(self, reason: str, *, must: bool = False) -> bool:
+        """ATTACHED → HIBERNATED: checkpoint and save the files, then release pod and lease.
 
-        False (and still attached) when the state could not be saved.
+        False (and still attached) when the state could not be saved, or when files are
+        not in the file store yet (the pod keeps them; try again later). With ``must``
+        (gateway shutdown) unsaved files do not stop it: they are named in the log and in
+        the resume notice.
         """
         async with self.lock, self.checkpoint_lock:  # waits for a checkpoint in flight
             if not self.attached:
@@ -433,7 +458,19 @@ class RemoteKernel(LoggingConfigurable):
                         "Kernel %s not hibernated (%s): %s", self.kernel_id, reason, result.error
                     )
                     return False
-            await self.drop_pod()
+            unsaved = await self.files.save_before_release()
+            if unsaved and not must:
+                self.log.warning(
+                    "Kernel %s not hibernated (%s): %d file(s) not saved yet (%s); its pod "
+                    "keeps them until the file store has them",
+                    self.kernel_id,
+                    reason,
+                    len(unsaved),
+                    name_files(unsaved, 20),
+                )
+                return False
+            self._release_unsaved(unsaved)
+            await self.drop_pod(save_files=False)
             self.state = KernelState.HIBERNATED
             await self.save_record()
             await self.host.leases.release(self.kernel_id)
@@ -457,8 +494,14 @@ class RemoteKernel(LoggingConfigurable):
                 self.dirty = False
                 await quietly(self.host.store.delete_state(self.kernel_id), self.log)
             await self.attach(self.host.start_timeout)
+            left_behind, self.files_left_behind = self.files_left_behind, []
             await self.save_record()
         self.touch()
+        if left_behind:
+            session.tell_user(
+                "[kcr] warning: not saved before the restart (their last saved version, if "
+                f"any, is back): {name_files(left_behind)}.\n"
+            )
         self.log.info("Kernel %s restarted on pod %s", self.kernel_id, self.pod.name)
 
     async def shutdown(self, forget: Callable[[], object]) -> None:
@@ -478,7 +521,7 @@ class RemoteKernel(LoggingConfigurable):
                 self.log.exception("Kernel %s: closing its session failed", kid)
             finally:
                 try:
-                    await self.drop_pod()
+                    await self.drop_pod(save_files=False)  # its files are deleted below
                 finally:
                     self.state = KernelState.CLOSED
                     await quietly(self.host.store.delete_kernel(kid), self.log)
