@@ -10,7 +10,12 @@ configurable with its own options, started and stopped by the manager):
 * a kernel whose state could not be saved stays on its pod and is tried
   again at the next check;
 * a kernel hibernated (in the registry, any replica) for more than
-  ``max_hibernation_age`` seconds is deleted (0: kept forever).
+  ``max_hibernation_age`` seconds is deleted (0: kept forever);
+* a forward jump of the wall clock (an NTP step, a VM resumed) never makes a kernel
+  old: ages are wall-clock differences (records are shared by replicas), so between
+  two checks the culler compares the wall clock with the monotonic clock, logs a
+  jump once, and leaves the jumped time out of the age of every kernel last active
+  before it. A jump while no gateway runs cannot be seen this way.
 """
 
 from __future__ import annotations
@@ -67,9 +72,38 @@ class KCRCuller(LoggingConfigurable):
         help="Delete kernels that stayed hibernated this many seconds (0: keep forever).",
     )
 
-    def __init__(self, **kw):
+    #: a wall-clock step larger than this between two checks (beyond the monotonic
+    #: clock's advance) counts as a jump
+    clock_jump_threshold = 60.0
+
+    def __init__(self, wall=time.time, monotonic=time.monotonic, **kw):
         super().__init__(**kw)
         self.tasks = TaskOwner("culler", self.log)
+        self._wall, self._monotonic = wall, monotonic
+        self._last_clocks: tuple[float, float] | None = None
+        #: (wall time just after a forward jump, seconds jumped)
+        self._jumps: list[tuple[float, float]] = []
+
+    def _watch_clock(self) -> float:
+        """The wall time now, after noting a forward jump since the last check."""
+        wall, mono = self._wall(), self._monotonic()
+        if self._last_clocks is not None:
+            last_wall, last_mono = self._last_clocks
+            skew = (wall - last_wall) - (mono - last_mono)
+            if skew > self.clock_jump_threshold:
+                self.log.warning(
+                    "The wall clock jumped %.0fs ahead; kernels' idle and hibernation ages "
+                    "leave that jump out",
+                    skew,
+                )
+                self._jumps.append((wall, skew))
+        self._last_clocks = (wall, mono)
+        return wall
+
+    def _age(self, now: float, last_activity: float) -> float:
+        """Seconds since ``last_activity``, without the clock's forward jumps since then."""
+        jumped = sum(skew for at, skew in self._jumps if last_activity < at - skew)
+        return now - last_activity - jumped
 
     def start(self, target: CullTarget) -> None:
         """Check ``target``'s kernels every ``cull_interval`` seconds until :meth:`stop`."""
@@ -99,11 +133,11 @@ class KCRCuller(LoggingConfigurable):
 
     async def cull(self, target: CullTarget) -> list[str]:
         """One check: hibernate (or shut down) idle kernels; delete ones hibernated too long."""
-        now = time.time()
+        now = self._watch_clock()
         culled = []
         if self.cull_idle_timeout > 0:
             for kernel in list(target.attached_kernels()):
-                idle_for = now - kernel.last_activity
+                idle_for = self._age(now, kernel.last_activity)
                 if idle_for < self.cull_idle_timeout:
                     continue
                 if kernel.connections and not self.cull_connected:
@@ -124,7 +158,7 @@ class KCRCuller(LoggingConfigurable):
             except StoreError:
                 records = []
             for record in records:
-                age = now - (record.get("last_activity") or now)
+                age = self._age(now, record.get("last_activity") or now)
                 if record.get("state") == "hibernated" and age > self.max_hibernation_age:
                     self.log.info("Kernel %s hibernated for %.0fs: deleting", record["id"], age)
                     await quietly(target.remove(record["id"]), self.log)
