@@ -216,7 +216,7 @@ class RunnerClient:
                 pending.future.set_result(frame)
         elif pending.on_event is not None:
             try:
-                if "buffers" in frame:
+                if "buffers" in frame or "metadata" in frame:
                     pending.on_event(event, frame.get("content") or {}, frame)
                 else:
                     pending.on_event(event, frame.get("content") or {})

@@ -247,11 +247,18 @@ class KernelSession:
         return msg
 
     def publish(
-        self, msg_type: str, content: dict, parent: dict | None, buffers: list | None = None
+        self,
+        msg_type: str,
+        content: dict,
+        parent: dict | None,
+        buffers: list | None = None,
+        metadata: dict | None = None,
     ) -> None:
         msg = self.make_msg(msg_type, content, parent, "iopub")
         if buffers:
             msg["buffers"] = buffers
+        if metadata:
+            msg["metadata"] = metadata
         if msg_type in ("comm_open", "comm_close"):
             self._track_comm(msg_type, content)
         for listener in list(self.listeners):
@@ -529,7 +536,7 @@ class KernelSession:
             elif event == "status":
                 return
             else:
-                self.publish(event, data, parent, _frame_buffers(frame))
+                self.publish(event, data, parent, _frame_buffers(frame), _frame_metadata(frame))
 
         try:
             runner = self._require_runner()
@@ -613,7 +620,7 @@ class KernelSession:
         def on_event(event: str, data: dict, frame: dict | None = None) -> None:
             if event == "status":
                 return
-            self.publish(event, data, parent, _frame_buffers(frame))
+            self.publish(event, data, parent, _frame_buffers(frame), _frame_metadata(frame))
 
         return on_event
 
@@ -649,7 +656,7 @@ class KernelSession:
         """Output not caused by a running request (a widget callback, a thread, a debugger
         event): its parent is the request the kernel names, else the last request."""
         parent = (frame or {}).get("parent") or self._last_parent
-        self.publish(event, content, parent, _frame_buffers(frame))
+        self.publish(event, content, parent, _frame_buffers(frame), _frame_metadata(frame))
 
 
 def _frame_buffers(frame: dict | None) -> list[bytes]:
@@ -663,6 +670,13 @@ def _frame_buffers(frame: dict | None) -> list[bytes]:
         except (ValueError, TypeError):
             log.warning("dropped a runner event buffer that is not base64")
     return out
+
+
+def _frame_metadata(frame: dict | None) -> dict | None:
+    """The Jupyter ``metadata`` of a runner event frame (e.g. a ``comm_open``'s widget
+    protocol version), or None when it has none."""
+    metadata = (frame or {}).get("metadata")
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _reply_type(msg_type: object) -> str:

@@ -22,9 +22,11 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 log = logging.getLogger("kcr_runner.worker")
 
 #: Called with (event, content, extra) for each event; ``extra`` holds optional frame fields
-#: (``buffers``, ``parent``) or None. It may return an awaitable: the runner then reads nothing
-#: more from the worker until it is done (back-pressure: the worker blocks).
+#: (``buffers``, ``parent``, ``metadata``) or None. It may return an awaitable: the runner then
+#: reads nothing more from the worker until it is done (back-pressure: the worker blocks).
 EventCallback = Callable[..., Awaitable[Any] | None]
+#: Optional fields of a worker event that travel on to the runner's channel.
+EXTRA_FIELDS = ("buffers", "parent", "metadata")
 
 #: How much of the worker's output the runner reads ahead: asyncio stops reading the pipe once
 #: twice this is buffered, so a worker whose output is not consumed blocks on its next write.
@@ -264,7 +266,7 @@ class WorkerProcess:
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
-            extra = {k: message[k] for k in ("buffers", "parent") if message.get(k)} or None
+            extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)} or None
             if pending is not None and pending.on_event is not None:
                 return pending.on_event(event, content, extra)
             if request_id is None:
