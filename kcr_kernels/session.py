@@ -63,8 +63,9 @@ class KernelSession:
       control requests (``interrupt_request``, ``shutdown_request``,
       ``kernel_info_request``) are answered at once, even while a cell runs.
     * Every request gets ``status: busy`` before and ``status: idle`` after
-      on iopub, with ``parent_header`` set to the request's header; every
-      reply and output carries that ``parent_header`` too.
+      on iopub, with ``parent_header`` set to the request's header (a control
+      request too while a cell runs, like ipykernel); every reply and output
+      carries that ``parent_header`` too.
     * Replies and ``input_request`` go only to the listener that sent the
       request; iopub goes to every attached listener.
     * ``stop_on_error`` (default true): an execute that fails aborts the
@@ -320,7 +321,11 @@ class KernelSession:
         msg_type = msg["header"]["msg_type"]
         parent = msg["header"]
         channel = msg.get("channel") or "shell"
-        idle_now = self.idle
+        # A control request gets its own busy/idle pair even while a cell runs, as ipykernel
+        # sends it: JupyterLab's debugger waits for that idle before it takes a DAP reply (a
+        # stackTrace while a cell is paused at a breakpoint). The shell requests answered
+        # here at once (kernel_info, interrupt) get a pair only while nothing runs.
+        idle_now = self.idle or channel == "control"
         if idle_now:
             self.publish("status", {"execution_state": "busy"}, parent)
         try:
