@@ -545,7 +545,9 @@ class KernelSession:
 
         try:
             runner = self._require_runner()
-            request_id, future = runner.start_request("execute", content, on_event, parent)
+            request_id, future = runner.start_request(
+                "execute", content, on_event, parent, _client_metadata(msg)
+            )
             self._current = (listener, msg, request_id)
             if self._interrupt_pending:
                 self._interrupt_pending = False
@@ -613,7 +615,11 @@ class KernelSession:
         try:
             runner = self._require_runner()
             _, future = runner.start_request(
-                COMM_OPS[parent["msg_type"]], content, self._event_publisher(parent), parent
+                COMM_OPS[parent["msg_type"]],
+                content,
+                self._event_publisher(parent),
+                parent,
+                _client_metadata(msg),
             )
             await future
         except RunnerError as e:
@@ -675,6 +681,14 @@ def _frame_buffers(frame: dict | None) -> list[bytes]:
         except (ValueError, TypeError):
             log.warning("dropped a runner event buffer that is not base64")
     return out
+
+
+def _client_metadata(msg: dict) -> dict | None:
+    """A client message's ``metadata`` when it is a non-empty dict (the kernel sees it:
+    ipywidgets checks a front end's ``comm_open`` version there, ipykernel reads an
+    execute's ``cellId``)."""
+    metadata = msg.get("metadata")
+    return metadata if isinstance(metadata, dict) and metadata else None
 
 
 def _frame_metadata(frame: dict | None) -> dict | None:

@@ -143,9 +143,11 @@ class WorkerProcess:
         content: dict[str, Any],
         on_event: EventCallback | None,
         header: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Queue one request; returns ``(msg_type, content)`` of its reply. ``header`` (the
-        client's Jupyter header) is passed on to workers that speak Jupyter to a kernel.
+        client's Jupyter header) and ``metadata`` (its message metadata) are passed on to
+        workers that speak Jupyter to a kernel.
 
         Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
         """
@@ -172,6 +174,8 @@ class WorkerProcess:
                 message = {"type": "request", "id": request_id, "op": op, "content": content}
                 if header:
                     message["header"] = header
+                if metadata:
+                    message["metadata"] = metadata
                 await self._write(message)
                 if op == "execute" and self._deferred_interrupt is not None:
                     deferred, self._deferred_interrupt = self._deferred_interrupt, None

@@ -244,8 +244,9 @@ class Relay:
         content: dict[str, Any],
         parent: dict[str, Any] | None = None,
         buffers: list[bytes] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
-        sock.send_multipart(self.writer.frames(header, content, parent, buffers))
+        sock.send_multipart(self.writer.frames(header, content, parent, buffers, metadata))
         return header["msg_id"]
 
     def _recv(self, sock: zmq.Socket) -> dict[str, Any] | None:
@@ -475,7 +476,9 @@ class Relay:
                     "execute_input",
                     {"code": code, "execution_count": self.execution_count},
                 )
-        self._send(self.shell, jheader, content, None, buffers)
+        metadata = message.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else None
+        self._send(self.shell, jheader, content, None, buffers, metadata)
 
     def on_control(self, message: dict[str, Any]) -> None:
         request_id, op = message.get("id"), message.get("op")
