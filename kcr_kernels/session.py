@@ -407,8 +407,15 @@ class KernelSession:
     async def debug_request(self, content: dict, parent: dict) -> dict:
         """Pass a DAP request to the kernel's debugger (ipykernel's, on its control channel:
         answered even while a cell is stopped at a breakpoint). Without a pod, or when the
-        debugger is not there, the answer is a failed DAP response that says why."""
+        debugger is not there, the answer is a failed DAP response that says why. A kernel
+        whose pod went away is first put on a new one (as a cell would be), so a front end
+        that turns the debugger on again after a move gets the new kernel's debugger."""
         try:
+            if (self.runner is None or self.runner.lost) and self.before_request is not None:
+                try:
+                    await self.before_request()
+                except Exception as e:
+                    raise RunnerError(f"the kernel has no running pod ({e})") from e
             if self.runner is None or not self.kernel_info.get("debugger"):
                 raise RunnerError("this kernel has no debugger (debugpy is not in its pod)")
             frame = await self._require_runner().request("debug_request", content, None, parent)
