@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the language toolchains the language tests (tests/languages/) use, from Debian's
-# packages. Idempotent: packages already present are skipped. Called by .ci/run; safe to run by
+# packages (and npm, for LibreChat's client in tests/code_api/test_librechat.py). Idempotent: packages already present are skipped. Called by .ci/run; safe to run by
 # hand (needs root or sudo). A toolchain that cannot be installed makes its tests skip with a
 # reason, so a failure here is reported but does not stop the run.
 set -u
@@ -12,6 +12,7 @@ gcc:gcc
 g++:g++
 javac:openjdk-17-jdk-headless
 node:nodejs
+npm:npm
 tsc:node-typescript
 go:golang-go
 php:php-cli

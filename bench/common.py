@@ -9,6 +9,7 @@ the benchmark ends, fails or is interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -86,6 +87,39 @@ def machine_line(info: dict) -> str:
         f"machine: {info['usable_cores']} cores ({info['cpu']}), {info['memory_gb']} GB, "
         f"{info['os']}, Python {info['python']}; {versions}"
     )
+
+
+def kcr_gateway_argv(
+    port: int,
+    data_dir: Path,
+    pools: dict,
+    *,
+    allow_unsandboxed: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a benchmark's kcr-gateway: this Python, 127.0.0.1:``port``,
+    ``data_dir``, the ``pools`` setting, no auth token (and ``extra`` options last).
+
+    Start it with ``kcr_gateway_env()`` so a ``KCR_AUTH_TOKEN`` of the shell does not apply.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "kcr_gateway.app",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--data-dir={data_dir}",
+        "--KCRGateway.pools=" + json.dumps(pools),
+        "--KCRGateway.auth_token=",
+    ]
+    if allow_unsandboxed:
+        argv.append("--allow-unsandboxed")
+    return [*argv, *extra]
+
+
+def kcr_gateway_env() -> dict[str, str]:
+    """This process's environment without ``KCR_AUTH_TOKEN`` (the benches run without auth)."""
+    return {k: v for k, v in os.environ.items() if k != "KCR_AUTH_TOKEN"}
 
 
 def rss_bytes(pid: int) -> int:

@@ -62,6 +62,8 @@ from common import (
     descendant_pids,
     descendants_rss_bytes,
     free_port,
+    kcr_gateway_argv,
+    kcr_gateway_env,
     machine_info,
     machine_line,
     rss_bytes,
@@ -305,19 +307,10 @@ class Gateway:
 def start_kcr(workdir: Path, warm: int, allow_unsandboxed: bool) -> Gateway:
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="kcr-data-", dir=workdir))
-    argv = [
-        sys.executable,
-        "-m",
-        "kcr_gateway.app",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        f"--data-dir={data_dir}",
-        "--KCRGateway.pools=" + json.dumps({"python": {"warm": warm}}),
-        "--KCRGateway.auth_token=",
-    ]
-    if allow_unsandboxed:
-        argv.append("--allow-unsandboxed")
-    env = {k: v for k, v in os.environ.items() if k != "KCR_AUTH_TOKEN"}
+    argv = kcr_gateway_argv(
+        port, data_dir, {"python": {"warm": warm}}, allow_unsandboxed=allow_unsandboxed
+    )
+    env = kcr_gateway_env()
     log = workdir / f"kcr-gateway-{port}.log"
     process = ManagedProcess("kcr-gateway", argv, log, env=env)
     return Gateway("kcr", "kcr-python", process, port, pooled=True)

@@ -9,6 +9,10 @@ any environment) and, with ``--gateway-url``, names the gateway in the
 provisioner config. The gateway token is never written to disk: set
 ``KCR_GATEWAY_TOKEN`` where the kernel is started.
 
+With ``--as-default`` it also installs ``kcr-python`` under the name ``python3``, the
+name notebooks written for stock kernels ask for (and jupyter_client's default), so
+``jupyter execute``, nbclient and papermill run them on kcr without a kernel option.
+
 ``kcr-kernels list-kernelspecs`` prints the packaged kernelspecs.
 """
 
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from .kernelspecs import PREFIX, kernelspecs_dir
+from .kernelspecs import DEFAULT_ALIASES, PREFIX, kernelspecs_dir
 
 
 def packaged_specs() -> dict[str, Path]:
@@ -63,12 +67,14 @@ def install_kernelspecs(
     gateway_url: str = "",
     allow_unsandboxed: bool = False,
     names: list[str] | None = None,
+    as_default: bool = False,
 ) -> dict[str, str]:
     """Install the packaged kernelspecs; returns name → installed folder.
 
     ``user`` installs for the current user, ``prefix`` under
     ``PREFIX/share/jupyter/kernels``; neither means the system-wide folder.
-    Unknown ``names`` raise :class:`KeyError` naming the ones that exist.
+    Unknown ``names`` raise :class:`KeyError` naming the ones that exist. ``as_default``
+    also installs each aliased spec under its alias (``kcr-python`` as ``python3``).
     """
     specs = packaged_specs()
     wanted = names or list(specs)
@@ -85,6 +91,14 @@ def install_kernelspecs(
             prepared_spec(specs[name], staged, gateway_url, allow_unsandboxed)
             installed[name] = manager.install_kernel_spec(
                 str(staged), kernel_name=name, user=user, prefix=prefix
+            )
+        for alias, target in DEFAULT_ALIASES.items() if as_default else ():
+            if target not in specs:
+                continue
+            staged = Path(tmp) / alias
+            prepared_spec(specs[target], staged, gateway_url, allow_unsandboxed)
+            installed[alias] = manager.install_kernel_spec(
+                str(staged), kernel_name=alias, user=user, prefix=prefix
             )
     return installed
 
@@ -112,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--name", action="append", dest="names", help="only this kernelspec (repeatable)"
     )
+    install.add_argument(
+        "--as-default",
+        action="store_true",
+        help="also install kcr-python as 'python3' (stock notebooks and jupyter_client's "
+        "default kernel then run on kcr)",
+    )
     sub.add_parser("list-kernelspecs", help="list the packaged kcr-* kernelspecs")
     return parser
 
@@ -130,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             gateway_url=args.gateway_url,
             allow_unsandboxed=args.allow_unsandboxed,
             names=args.names,
+            as_default=args.as_default,
         )
     except KeyError as e:
         print(f"kcr-kernels: error: {e.args[0]}", file=sys.stderr)

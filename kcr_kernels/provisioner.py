@@ -83,6 +83,11 @@ class KCRProvisioner(LocalProvisioner):
         "Default: $KCR_ALLOW_UNSANDBOXED.",
     )
     launch_timeout = Float(60.0, config=True, help="Seconds a kernel start may take.")
+    memory_limit = Unicode(
+        config=True,
+        help="Local mode: memory cap of the kernel, all its processes together (a memory "
+        "cgroup; like 2Gi or 512Mi; 0: none). Default: $KCR_MEMORY_LIMIT, else 2Gi.",
+    )
     shutdown_wait_time = Float(
         10.0, config=True, help="Seconds a graceful shutdown may take (remote kernel included)."
     )
@@ -97,6 +102,10 @@ class KCRProvisioner(LocalProvisioner):
     @default("gateway_token")
     def _gateway_token_default(self) -> str:
         return os.environ.get("KCR_GATEWAY_TOKEN", "")
+
+    @default("memory_limit")
+    def _memory_limit_default(self) -> str:
+        return os.environ.get("KCR_MEMORY_LIMIT", "2Gi")
 
     @default("allow_unsandboxed")
     def _allow_unsandboxed_default(self) -> bool:
@@ -141,6 +150,10 @@ class KCRProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = dict(kwargs.get("env") or os.environ)
+        # The notebook's folder (jupyter_client's cwd): local mode binds it as the sandbox's
+        # working folder, gateway mode syncs it with the kernel's (kcr_kernels.bridge).
+        if kwargs.get("cwd") and not env.get("KERNEL_WORKING_DIR"):
+            env["KERNEL_WORKING_DIR"] = os.path.abspath(kwargs["cwd"])  # noqa: ASYNC240
         extra = ["--language", self._language()]
         if self.gateway_url:
             try:
@@ -154,6 +167,7 @@ class KCRProvisioner(LocalProvisioner):
             env.pop("KCR_GATEWAY_URL", None)
             self.data_dir = tempfile.mkdtemp(prefix="kcr-kernel-")
             extra += ["--data-dir", self.data_dir, "--start-timeout", str(self.launch_timeout)]
+            extra += ["--memory-limit", self.memory_limit]
             if self.allow_unsandboxed:
                 extra.append("--allow-unsandboxed")
         kwargs["env"] = env

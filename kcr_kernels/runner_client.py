@@ -40,11 +40,17 @@ class RunnerGone(RunnerError):
     """The runner cannot be reached any more: its pod died or was deleted."""
 
 
+class NotDelivered(RunnerGone):
+    """The runner went away before it acknowledged the request: it never ran there, and
+    sending it again (to a new pod) cannot run it twice."""
+
+
 class _Pending:
-    __slots__ = ("future", "on_event")
+    __slots__ = ("acked", "future", "on_event")
 
     def __init__(self, on_event: EventCallback | None):
         self.on_event = on_event
+        self.acked = False  # the runner said it has the request (an "ack", or any event)
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
 
 
@@ -65,7 +71,10 @@ class RunnerClient:
       frame, so a flood of small frames never starves the event loop.
     * When the channel drops, every pending request fails with
       :class:`RunnerGone` and ``on_lost`` is called once (unless the drop
-      was caused by :meth:`close`).
+      was caused by :meth:`close`). A request the runner had not acknowledged
+      yet (its ``ack`` frame, sent on receipt) fails with :class:`NotDelivered`
+      (a :class:`RunnerGone`), as does one sent on a channel already lost: the
+      caller may send it again elsewhere.
     * HTTP calls raise :class:`RunnerGone` when the runner is unreachable and
       :class:`RunnerError` (with the runner's JSON message) for an error status.
     """
@@ -125,7 +134,7 @@ class RunnerClient:
         which the Python worker gives its kernel as the request's own (same msg_id), and
         ``metadata`` the client message's metadata (e.g. ipywidgets' protocol version)."""
         if self._ws is None or self.lost:
-            raise RunnerGone("the runner channel is closed")
+            raise NotDelivered("the runner channel is closed")
         request_id = str(next(self._ids))
         pending = _Pending(on_event)
         self._pending[request_id] = pending
@@ -148,7 +157,7 @@ class RunnerClient:
         The id is what ``input_reply`` must carry to answer an ``input_request``.
         """
         if self._ws is None or self.lost:
-            raise RunnerGone("the runner channel is closed")
+            raise NotDelivered("the runner channel is closed")
         request_id = str(next(self._ids))
         pending = _Pending(on_event)
         self._pending[request_id] = pending
@@ -214,6 +223,9 @@ class RunnerClient:
             if frame.get("id") is None and self.on_unsolicited is not None and event:
                 self.on_unsolicited(event, frame.get("content") or {}, frame)
             return
+        pending.acked = True
+        if event == "ack":
+            return
         if event == "reply":
             if not pending.future.done():
                 pending.future.set_result(frame)
@@ -230,10 +242,9 @@ class RunnerClient:
         if self.lost:
             return
         self.lost = True
-        error = RunnerGone(why)
         for pending in list(self._pending.values()):
             if not pending.future.done():
-                pending.future.set_exception(error)
+                pending.future.set_exception((RunnerGone if pending.acked else NotDelivered)(why))
         self._pending.clear()
         if not self._closing and self.on_lost is not None:
             self.on_lost()

@@ -16,12 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from jupyter_client.session import Session
 
-from .runner_client import RunnerClient, RunnerError, RunnerGone
+from .runner_client import NotDelivered, RunnerClient, RunnerError, RunnerGone
 from .shell_queue import ShellQueue
 
 log = logging.getLogger("kcr.session")
 
 PROTOCOL_VERSION = "5.3"
+#: How often a request that never reached its pod is sent to the kernel's next pod.
+MAX_RESENDS = 2
 
 #: Requests the runner answers (shell channel op name → reply type).
 RUNNER_OPS = {
@@ -72,6 +74,10 @@ class KernelSession:
       execute requests already queued (reply status ``aborted``).
     * ``kernel_info_reply`` is served from a cache filled when the runner is
       attached, never with a pod round trip.
+    * A request whose pod goes away before the runner acknowledged it is sent
+      again once ``before_request`` has put the kernel on a new pod (at most
+      ``MAX_RESENDS`` times); only a request the pod had received ends with
+      an error.
     * A cell whose pod goes away gets a ``KernelDied`` error; ``explain_loss``
       (from the kernel manager) may give the reason the backend knows, e.g.
       "the kernel used more than 2 GiB of memory and was stopped".
@@ -515,18 +521,40 @@ class KernelSession:
         if msg_type == "execute_request":
             await self._execute(listener, msg)
             return
-        try:
-            runner = self._require_runner()
-            frame = await runner.request(RUNNER_OPS[msg_type], content)
-            self.reply(
-                listener,
-                "shell",
-                frame.get("msg_type") or reply_type,
-                frame.get("content") or {},
-                parent,
-            )
-        except RunnerError as e:
-            self.reply(listener, "shell", reply_type, _error_content("KernelDied", str(e)), parent)
+        resends = 0
+        while True:
+            try:
+                runner = self._require_runner()
+                frame = await runner.request(RUNNER_OPS[msg_type], content)
+                self.reply(
+                    listener,
+                    "shell",
+                    frame.get("msg_type") or reply_type,
+                    frame.get("content") or {},
+                    parent,
+                )
+            except RunnerError as e:
+                if isinstance(e, NotDelivered) and await self._may_resend(e, parent, resends):
+                    resends += 1
+                    continue
+                error = _error_content("KernelDied", str(e))
+                self.reply(listener, "shell", reply_type, error, parent)
+            return
+
+    async def _may_resend(self, error: NotDelivered, parent: dict, resends: int) -> bool:
+        """A request that never reached its pod goes to the kernel's next pod (at most
+        ``MAX_RESENDS`` times): ``before_request`` puts the kernel on one. True to resend."""
+        if self.before_request is None or self._closed or resends >= MAX_RESENDS:
+            return False
+        log.info(
+            "kernel %s: %s never reached its pod (%s); sending it to the next pod",
+            self.kernel_id,
+            parent.get("msg_type"),
+            error,
+        )
+        self._current = None
+        await self.before_request()
+        return True
 
     async def _execute(self, listener: KernelListener, msg: dict) -> None:
         parent = msg["header"]
@@ -550,20 +578,29 @@ class KernelSession:
             else:
                 self.publish(event, data, parent, _frame_buffers(frame), _frame_metadata(frame))
 
-        try:
-            runner = self._require_runner()
-            request_id, future = runner.start_request(
-                "execute", content, on_event, parent, _client_metadata(msg)
-            )
-            self._current = (listener, msg, request_id)
-            if self._interrupt_pending:
-                self._interrupt_pending = False
-                await self.interrupt()  # queued on the socket behind the execute
-            frame = await future
-            reply_content = frame.get("content") or {}
-        except RunnerError as e:
-            frame = {}
-            reply_content = await self._died(e, parent)
+        resends = 0
+        while True:
+            try:
+                runner = self._require_runner()
+                request_id, future = runner.start_request(
+                    "execute", content, on_event, parent, _client_metadata(msg)
+                )
+                self._current = (listener, msg, request_id)
+                if self._interrupt_pending:
+                    self._interrupt_pending = False
+                    await self.interrupt()  # queued on the socket behind the execute
+                frame = await future
+                reply_content = frame.get("content") or {}
+            except NotDelivered as e:
+                if await self._may_resend(e, parent, resends):
+                    resends += 1
+                    continue
+                frame = {}
+                reply_content = await self._died(e, parent)
+            except RunnerError as e:
+                frame = {}
+                reply_content = await self._died(e, parent)
+            break
         if "execution_count" in reply_content:
             self.execution_count = reply_content["execution_count"]
         self.reply(
@@ -602,7 +639,7 @@ class KernelSession:
 
     def _require_runner(self) -> RunnerClient:
         if self.runner is None or self.runner.lost:
-            raise RunnerGone("the kernel has no running pod")
+            raise NotDelivered("the kernel has no running pod")
         return self.runner
 
     async def _send_comm(self, msg: dict) -> None:

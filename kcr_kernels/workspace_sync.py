@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 #: Files the runner creates while it writes an upload atomically; never synced.
 _RUNNER_TEMP_PREFIX = ".kcr-upload-"
+#: Files checked per event-loop turn when a sync compares a listing with the store.
+_YIELD_EVERY = 256
 #: How many files move at once (per kernel) during restore and sync.
 _PARALLEL = 8
 
@@ -396,7 +398,9 @@ class WorkspaceSync:
         count = len(synced)
         over_count: list[str] = []
         jobs = []
-        for path, item in sorted(pod.items()):
+        for n, (path, item) in enumerate(sorted(pod.items()), 1):
+            if n % _YIELD_EVERY == 0:  # a big tree must not hold the event loop in one go
+                await asyncio.sleep(0)
             size, sha = int(item["size"]), item.get("sha256")
             if path in state.uploading or synced.get(path) == (size, sha):
                 continue

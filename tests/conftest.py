@@ -59,3 +59,32 @@ def s3_options(s3_server) -> dict:
 @pytest.fixture(scope="session")
 def s3_url(s3_server) -> str:
     return f"s3://{S3_TEST_BUCKET}/files"
+
+
+# Modules that take a minute or more each (real JupyterLab in Chromium, nbclient's own
+# suite, notebooks from worker processes, long race loops). `hatch test` runs the suite on
+# two pytest-xdist workers, one test file per worker at a time (`--dist loadfile`, see
+# hatch.toml); xdist hands out files in collection order, so these go first and the short
+# files fill in around them instead of one long file running alone at the end.
+LONG_RUNNING_FIRST = (
+    "tests/compat/",
+    "tests/browser/",
+    "tests/provisioner/test_fork_safety.py",
+    "tests/sandbox/test_symlink_race.py",
+    "tests/jupyter_server/test_gateway_lifecycle.py",
+    "tests/kubernetes/test_gateway_replicas.py",
+    "tests/gateway/test_output_flood.py",
+    "tests/code_api/test_librechat.py",  # installs @librechat/agents with npm on first use
+    "tests/code_api/test_code_api.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        for index, prefix in enumerate(LONG_RUNNING_FIRST):
+            if path.startswith(prefix):
+                return index
+        return len(LONG_RUNNING_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each file is kept

@@ -27,10 +27,18 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from kcr_kernels.backends.base import PodBackend
 from kcr_kernels.kernelspecs import KCRKernelSpecManager
 from kcr_kernels.pool import PodPool, PoolConfig
-from kcr_kernels.stores import StoreError, open_file_store, open_kernel_store
+from kcr_kernels.stores import (
+    StoreError,
+    StoreUnavailable,
+    open_file_store,
+    open_kernel_store,
+)
+from kcr_kernels.stores.kernel_store_health import HealthCheckedKernelStore
 from kcr_kernels.workspace_sync import WorkspaceSync
 
 from . import __version__, redact
+from .code_api import KCRCodeAPI, mount_code_api
+from .data_lock import DataDirBusy, DataDirLock, DataDirUnusable
 from .files import files_handlers
 from .handlers import NotFoundHandler, default_handlers, with_json_errors
 from .identity import KCRIdentityProvider
@@ -90,6 +98,7 @@ class KCRGateway(JupyterApp):
             KCRIdentityProvider,
             KCRAuthorizer,
             KCRWebsocketConnection,
+            KCRCodeAPI,
         ]
 
     # -- network ---------------------------------------------------------------
@@ -106,6 +115,25 @@ class KCRGateway(JupyterApp):
     @default("auth_token")
     def _auth_token_default(self) -> str:
         return os.environ.get("KCR_AUTH_TOKEN", "")
+
+    code_api_keys = List(
+        Unicode(),
+        config=True,
+        help="API keys of the code-interpreter API (/v1/exec, x-api-key header), or their "
+        "hashes (sha256:<hex>). Default: $KCR_CODE_API_KEYS (comma-separated). Other "
+        "options of that API: KCRCodeAPI.",
+    )
+
+    @default("code_api_keys")
+    def _code_api_keys_default(self) -> list[str]:
+        return [k for k in os.environ.get("KCR_CODE_API_KEYS", "").split(",") if k.strip()]
+
+    code_api_keys_file = Unicode(
+        "",
+        config=True,
+        help="A file of code-interpreter API keys, one a line: the key or sha256:<hex>, "
+        "optionally followed by rate=N (calls/minute), sessions=N, name=X. Re-read on change.",
+    )
 
     allow_origin = Unicode("", config=True, help="Access-Control-Allow-Origin value ('*' for any).")
     allow_origin_pat = Unicode("", config=True, help="Regex of allowed CORS origins.")
@@ -226,6 +254,19 @@ class KCRGateway(JupyterApp):
     def _kernel_store_url_default(self) -> str:
         return os.environ.get("KCR_REGISTRY_URL") or f"sqlite:///{Path(self.data_dir) / 'kcr.db'}"
 
+    kernel_store_timeout = Float(
+        2.0,
+        config=True,
+        help="Seconds a kernel-store call on the request path (records, leases) may take; "
+        "one that takes longer, or fails to connect, marks the store down: then starts "
+        "answer 503 at once and GET /api/kernels lists this gateway's own kernels (header "
+        "X-KCR-Registry: unreachable) until a check every kernel_store_probe_interval "
+        "seconds succeeds. State blobs keep the store's own timeouts. 0: no bound.",
+    )
+    kernel_store_probe_interval = Float(
+        1.0, config=True, help="Seconds between checks of a kernel store that is down."
+    )
+
     files_url = Unicode(
         config=True,
         help="Kernel file store: s3://bucket/prefix or file:///path. "
@@ -265,6 +306,9 @@ class KCRGateway(JupyterApp):
         self.http_server: httpserver.HTTPServer | None = None
         self.pool: PodPool | None = None
         self.kernel_manager: KCRKernelManager | None = None
+        self.code_api = None
+        self.data_lock: DataDirLock | None = None
+        self._sockets: list | None = None
 
     # -- construction -------------------------------------------------------------
 
@@ -332,9 +376,29 @@ class KCRGateway(JupyterApp):
             raise StartupError("no pools configured: set KCRGateway.pools")
         return configs
 
+    def known_languages(self) -> list[str]:
+        """The languages the configured backend can run (local: the runner's table;
+        kubernetes: the languages of its settings)."""
+        if self.backend == "kubernetes":
+            return sorted(self.backend_impl.config.languages)
+        from kcr_runner.languages import LANGUAGES
+
+        return sorted(LANGUAGES)
+
+    def check_pool_languages(self, configs: list[PoolConfig]) -> None:
+        """A pool for a language the backend cannot run stops the start-up (one line)."""
+        known = self.known_languages()
+        unknown = [c.language for c in configs if c.language not in known]
+        if unknown:
+            raise StartupError(
+                f"KCRGateway.pools names unknown language(s) {', '.join(map(repr, unknown))}; "
+                f"known languages: {', '.join(known) or 'none'}"
+            )
+
     def init_components(self) -> None:
         configs = self.pool_configs()
         self.backend_impl = self.make_backend()
+        self.check_pool_languages(configs)
 
         async def registered_kernel_ids() -> set[str]:
             # Kernels in the registry (all replicas): the pool's reaper keeps their pods.
@@ -363,6 +427,13 @@ class KCRGateway(JupyterApp):
             )
         except StoreError as e:
             raise StartupError(f"bad kernel_store_url: {e}")
+        self.kernel_store = HealthCheckedKernelStore(
+            self.kernel_store,
+            call_timeout=self.kernel_store_timeout or None,
+            probe_interval=self.kernel_store_probe_interval,
+            probe_timeout=self.kernel_store_timeout or 1.0,
+            log=self.log,
+        )
         try:
             file_store = open_file_store(
                 self.files_url,
@@ -394,6 +465,10 @@ class KCRGateway(JupyterApp):
         self.authorizer = KCRAuthorizer(
             parent=self, log=self.log, identity_provider=self.identity_provider
         )
+        try:
+            self.code_api = mount_code_api(self, [c.language for c in configs])
+        except (OSError, ValueError) as e:
+            raise StartupError(f"code API: {e}")
         if self.authorizer.kernel_ownership and not self.identity_provider.auth_enabled:
             raise StartupError(
                 "kernel_ownership needs identities: set an auth token, a token file "
@@ -401,9 +476,10 @@ class KCRGateway(JupyterApp):
             )
 
     def make_web_app(self) -> web.Application:
+        routes = self.code_api.handlers() if self.code_api is not None else []
         handlers = [
             (url_path_join(self.base_url, pattern), *rest)
-            for pattern, *rest in with_json_errors(default_handlers() + files_handlers())
+            for pattern, *rest in routes + with_json_errors(default_handlers() + files_handlers())
         ]
         import jupyter_server
         from jinja2 import Environment, FileSystemLoader
@@ -450,6 +526,11 @@ class KCRGateway(JupyterApp):
         )
         redact.install()
         redact.add_secret(self.auth_token)
+        # Nothing is touched before the port is ours and the data folder is locked: a
+        # second gateway (same port, or same data folder) stops here with one line and
+        # leaves the first one's pods, kernels and files alone.
+        self._sockets = self._listen()
+        self.lock_data_dir()
         self.init_components()
         # Not needed to check user tokens (the Hub answers /user with the caller's token),
         # but present in a Hub service's environment: never logged.
@@ -460,27 +541,22 @@ class KCRGateway(JupyterApp):
             raise StartupError(
                 f"cannot read the token file {self.identity_provider.token_file}: {e.strerror or e}"
             )
-        await asyncio.to_thread(Path(self.data_dir).mkdir, parents=True, exist_ok=True)
-        try:
-            await self.kernel_store.ping()
+        try:  # the store itself, not its health flag: a start-up failure is one line
+            await self.kernel_store.inner.ping()
         except StoreError as e:
-            raise StartupError(f"the kernel store is unreachable: {e}")
+            if isinstance(e, StoreUnavailable):
+                raise StartupError(f"the kernel store is unreachable: {e}")
+            raise StartupError(f"the kernel store does not work: {e}")
+        await self.kernel_manager.load_registry_view()
         await self.pool.start()
         self.identity_provider.validate_security(self)
         app = self.make_web_app()
         self.http_server = httpserver.HTTPServer(app, max_body_size=1 << 30, xheaders=False)
-        try:
-            sockets = self._bind()
-        except OSError as e:
-            await self.pool.stop()
-            if e.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"port {self.port} on {self.ip} is already in use: pick another with --port"
-                )
-            raise StartupError(f"cannot listen on {self.ip}:{self.port}: {e.strerror or e}")
+        sockets, self._sockets = self._sockets, None
         self.http_server.add_sockets(sockets)
-        self.port = sockets[0].getsockname()[1]
         self.kernel_manager.start_background()
+        if self.code_api is not None:
+            self.code_api.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         self.log.info("kcr-gateway %s listening on %s", __version__, self.display_url)
 
@@ -507,6 +583,29 @@ class KCRGateway(JupyterApp):
 
         return bind_sockets(self.port, self.ip)
 
+    def _listen(self) -> list:
+        """Bind the listening sockets (connections wait in the backlog until the server
+        accepts them); a port in use is a :class:`StartupError`."""
+        try:
+            sockets = self._bind()
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {self.port} on {self.ip} is already in use: pick another with --port"
+                )
+            raise StartupError(f"cannot listen on {self.ip}:{self.port}: {e.strerror or e}")
+        self.port = sockets[0].getsockname()[1]
+        return sockets
+
+    def lock_data_dir(self) -> None:
+        """Hold the data folder's lock (:mod:`.data_lock`) for this gateway's life."""
+        lock = DataDirLock(self.data_dir)
+        try:
+            lock.acquire()
+        except (DataDirBusy, DataDirUnusable) as e:
+            raise StartupError(str(e))
+        self.data_lock = lock
+
     @property
     def display_url(self) -> str:
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
@@ -520,6 +619,8 @@ class KCRGateway(JupyterApp):
             await self.identity_provider.stop()
         if getattr(self, "_ready_task", None) is not None:
             self._ready_task.cancel()
+        if getattr(self, "code_api", None) is not None:
+            await self.code_api.stop()
         if self.kernel_manager is not None:
             self.kernel_manager.stop_background()
             await self._bounded(self.kernel_manager.detach_all(), "hibernating kernels")
@@ -531,6 +632,12 @@ class KCRGateway(JupyterApp):
             await self.kernel_store.close()
         if getattr(self, "workspace_sync", None) is not None:
             await self.workspace_sync.store.close()
+        for sock in self._sockets or []:  # bound, but the start-up failed before serving
+            sock.close()
+        self._sockets = None
+        if self.data_lock is not None:
+            self.data_lock.release()
+            self.data_lock = None
 
     def start(self) -> None:
         if self.subapp is not None:

@@ -3,7 +3,8 @@
 Routes (add :func:`files_handlers` under the gateway's ``base_url``):
 
 * ``GET /api/kernels/{id}/files`` → ``{"files": [{"path", "size", "mtime", "sha256",
-  "content_type"}], "sync_error": null | "..."}``, sorted by path;
+  "content_type"}], "sync_error": null | "...", "version": ...}``, sorted by path
+  (``?unless=VERSION``: ``{"unchanged": true}`` when nothing changed since that listing);
 * ``GET /api/kernels/{id}/files/{path}`` → the bytes (``Content-Type`` guessed from the name);
 * ``PUT /api/kernels/{id}/files/{path}`` (body = the bytes) → 201 and the file's model;
   folders are created as needed; an existing file is replaced;
@@ -88,23 +89,51 @@ class _FilesBase(APIHandler):
         return None
 
 
+def files_version(kernel: Any) -> str | None:
+    """What the kernel's files are as of its last cell: the runner's workspace fingerprint
+    when the store holds exactly that (its sync finished), else ``None``."""
+    version = getattr(kernel, "workspace_fingerprint", None)
+    running = getattr(kernel, "file_sync", None)
+    if version is None or version != getattr(kernel, "synced_workspace", None):
+        return None
+    if running is not None and not running.done():
+        return None
+    return version
+
+
 class FilesListHandler(_FilesBase):
-    """``GET /api/kernels/{id}/files``: every stored file of the kernel."""
+    """``GET /api/kernels/{id}/files``: every stored file of the kernel.
+
+    The answer's ``version`` names the state listed (``None`` when unknown). With
+    ``?unless=VERSION`` and nothing changed since (no cell changed a file, no sync pending),
+    the answer is ``{"unchanged": true, "version": VERSION, "files": null}`` at once, without
+    syncing or listing: the notebook-folder sync asks this after every cell.
+    """
 
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
         sync = self.workspace_sync
         kernel = await self.kernel(kernel_id)
+        version = files_version(kernel)
+        unless = self.get_query_argument("unless", None)
+        if unless is not None and version is not None and unless == version:
+            self.finish({"unchanged": True, "version": version, "files": None})
+            return
+        # A cell's fingerprint taken before the sync below: if a later cell changes files,
+        # its fingerprint differs and the next ``unless`` gets a full listing.
+        version = getattr(kernel, "workspace_fingerprint", None)
         try:
             async with kernel.lock:
                 entries, result = await sync.list_files(kernel_id, kernel.runner)
         except StoreError as e:
             raise self.store_failed(e) from e
+        error = self.log_sync(kernel_id, result)
         self.finish(
             {
                 "files": [file_model(e) for e in entries],
-                "sync_error": self.log_sync(kernel_id, result),
+                "sync_error": error,
+                "version": None if error else version,
             }
         )
 

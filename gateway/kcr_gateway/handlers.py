@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import jupyter_server
@@ -26,6 +27,7 @@ from tornado import httputil, web
 
 from . import __version__, metrics
 from .ownership import username_of
+from .ws_limits import SlotRefused
 
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
 
@@ -82,9 +84,11 @@ class KernelsHandler(kernel_handlers.MainKernelHandler):
     async def get(self):
         if not self.settings["kcr_list_kernels"]:
             raise web.HTTPError(403, "Listing kernels is disabled on this gateway")
-        kernels = await self.kernel_manager.list_kernels(
+        kernels, complete = await self.kernel_manager.list_kernels_from_registry(
             user=self.authorizer.list_owner(self.current_user)
         )
+        # The registry did not answer: this gateway's own kernels only, and it says so.
+        self.set_header("X-KCR-Registry", "ok" if complete else "unreachable")
         self.finish(json.dumps(kernels))
 
     @web.authenticated
@@ -163,12 +167,56 @@ class KernelActionHandler(kernel_handlers.KernelActionHandler):
 
 
 class KernelChannelsHandler(KernelWebsocketHandler):
-    """The kernel WebSocket; the kernel may first need loading from the registry."""
+    """The kernel WebSocket; the kernel may first need loading from the registry.
+
+    A socket over the WebSocket caps (per kernel, per identity, gateway-wide:
+    ``KCRWebsocketConnection.max_connections*``) is refused *before* the upgrade with
+    HTTP 429 ``{"reason", "message"}`` and ``Retry-After``, so an excess socket costs one
+    short HTTP answer, never a session; refusals are logged at most once per
+    ``REFUSAL_LOG_SECONDS`` (with the count since the last line).
+    """
+
+    REFUSAL_LOG_SECONDS = 5.0
+    _refusals = {"count": 0, "logged_at": -1e9}  # shared by every socket of the process
 
     @ws_authenticated
     async def get(self, kernel_id):
         await self.kernel_manager.adopt(kernel_id)
-        await super().get(kernel_id)
+        slots = self.settings.get("kcr_ws_slots")
+        if slots is None:
+            connection_class = self.kernel_websocket_connection_class
+            slots = self.settings["kcr_ws_slots"] = connection_class.slots(self.config)
+        try:
+            slot = slots.reserve(kernel_id, self._identity())
+        except SlotRefused as e:
+            self._refuse(str(e))
+            return
+        try:
+            await super().get(kernel_id)
+        finally:
+            slots.release(slot)
+
+    def _identity(self) -> str:
+        """Whose sockets these are: the user when there are identities, else the address."""
+        if self.identity_provider.auth_enabled:
+            return "user " + username_of(self.current_user)
+        return "client " + (self.request.remote_ip or "?")
+
+    def _refuse(self, message: str) -> None:
+        refusals = self._refusals
+        refusals["count"] += 1
+        now = time.monotonic()
+        if now - refusals["logged_at"] >= self.REFUSAL_LOG_SECONDS:
+            self.log.warning(
+                "refused %d kernel WebSocket(s) before the upgrade, the latest: %s",
+                refusals["count"],
+                message,
+            )
+            refusals.update(count=0, logged_at=now)
+        self.set_status(429)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Retry-After", "1")
+        self.finish(json.dumps({"reason": "Too Many WebSockets", "message": message}))
 
     async def on_message(self, ws_message):
         """One frame per event-loop turn: tornado waits for this before reading the next

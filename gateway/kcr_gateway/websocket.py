@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 from collections.abc import Awaitable
 
 from jupyter_client.jsonutil import json_default
@@ -29,7 +30,7 @@ from kcr_kernels.message_validation import BadMessage, error_reply, validate
 
 from .send_buffer import SendBuffer
 from .ws_frames import FrameError, decode
-from .ws_limits import FrameRate, RejectLog
+from .ws_limits import FrameRate, RejectLog, WebSocketSlots
 
 log = logging.getLogger("kcr.gateway.ws")
 
@@ -64,9 +65,12 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     * a message with a bad field gets a ``BadMessage`` error reply when it
       can be addressed (:func:`~kcr_kernels.message_validation.error_reply`),
       else it is dropped; the socket stays open;
-    * more than ``max_connections_per_kernel`` sockets on one kernel, or
-      frames faster than ``max_frames_per_second`` (after a burst of
-      ``frame_burst``), close the socket with 1008 and the limit in the reason;
+    * more than ``max_connections_per_kernel`` sockets on one kernel,
+      ``max_connections_per_identity`` of one identity or ``max_connections`` on the
+      gateway are refused before the upgrade, with HTTP 429 and a JSON reason
+      (:meth:`slots`, :class:`.ws_limits.WebSocketSlots`);
+    * frames faster than ``max_frames_per_second`` (after a burst of
+      ``frame_burst``) close the socket with 1008 and the limit in the reason;
     * a shell request while the kernel already has ``max_queued_requests``
       requests or ``max_queued_bytes`` waiting gets a ``KernelQueueFull``
       error reply (or is dropped when it cannot be addressed).
@@ -82,7 +86,23 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     max_connections_per_kernel = Integer(
         64,
         config=True,
-        help="Most WebSockets open on one kernel; one more is closed with code 1008 (0: any).",
+        help="Most WebSockets open (or opening) on one kernel; one more is refused before "
+        "the upgrade with HTTP 429 (0: any).",
+    )
+    max_connections_per_identity = Integer(
+        256,
+        config=True,
+        help="Most kernel WebSockets one identity (the authenticated user; without "
+        "authentication, the client's address) may have open; one more is refused before "
+        "the upgrade with HTTP 429 (0: any).",
+    )
+    max_connections = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Most kernel WebSockets open on the whole gateway; one more is refused before "
+        "the upgrade with HTTP 429 (0: any). Default: half the gateway's open-file limit "
+        "(RLIMIT_NOFILE), at most 4096.",
     )
     max_frames_per_second = Float(
         1000.0,
@@ -127,6 +147,18 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
     def kernel(self):
         return self.parent
 
+    @classmethod
+    def slots(cls, config) -> WebSocketSlots:
+        """The gateway-wide WebSocket counter, with the caps configured for this class."""
+        limits = cls(config=config)
+        total = limits.max_connections
+        if total is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            total = 4096 if soft == resource.RLIM_INFINITY else max(1, min(4096, soft // 2))
+        return WebSocketSlots(
+            limits.max_connections_per_kernel, limits.max_connections_per_identity, total
+        )
+
     @property
     def v1(self) -> bool:
         return self.websocket_handler.selected_subprotocol == V1
@@ -142,10 +174,6 @@ class KCRWebsocketConnection(BaseKernelWebsocketConnection):
         self._rejected = RejectLog(log, f"kernel {kernel.kernel_id}: ")
         self._rate = FrameRate(self.max_frames_per_second, self.frame_burst)
         self._closing = False
-        cap = self.max_connections_per_kernel
-        if cap and kernel.connections >= cap:
-            self._close(POLICY, f"kernel has {kernel.connections} WebSockets open (limit {cap})")
-            return
         kernel.session.add_listener(self)
         kernel.session.welcome(self)
         kernel.connections += 1

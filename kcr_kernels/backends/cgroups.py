@@ -1,4 +1,5 @@
-"""Per-pod cgroups for the local backend: a process cap (pids) and a memory cap (memory).
+"""Per-pod cgroups for the local backend: a process cap (pids), a memory cap (memory) and a
+CPU group of its own (cpu: fair scheduling between kernels).
 
 The rlimits the sandbox sets are per process: ``RLIMIT_AS`` lets three processes of one
 kernel hold 3 x 4 GiB, and ``RLIMIT_NPROC`` does not hold for a root gateway. A per-pod
@@ -13,6 +14,15 @@ cgroups and creates one per pod:
   ``/sys/fs/cgroup/pids/<own>/kcr/<pod>`` with ``pids.max`` and
   ``/sys/fs/cgroup/memory/<own>/kcr/<pod>`` with ``memory.limit_in_bytes`` and, where swap
   accounting exists, ``memory.memsw.limit_in_bytes`` (same value: no swap beyond the cap).
+
+**CPU** (``cpu_weight``): every pod is one scheduling group of equal weight, so a kernel that
+keeps three processes busy gets the CPU share of one kernel, and the kernels beside it (and
+the gateway) still get theirs at once when they wake. The ``kcr`` parent is given the weight
+of all its pods together (so pods as a whole weigh against other processes as before). On
+v1 the group lives in the ``cpu``
+hierarchy and the pod's *runner* joins it (the worker inherits it): the runner's work for a
+flooding kernel counts as that kernel's. On v2 the ``cpu`` controller (when delegated) is
+enabled in the worker's folder (``cpu.weight``); the runner stays outside.
 
 A controller the host does not offer, or a cgroup folder the gateway cannot write (a
 read-only cgroupfs in a container, an undelegated v2 tree), is simply not used:
@@ -36,7 +46,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CGROUP_FS = Path("/sys/fs/cgroup")
-CONTROLLERS = ("pids", "memory")
+CONTROLLERS = ("pids", "memory", "cpu")
+#: The default weight of a pod's CPU group (cgroup v1 ``cpu.shares``; v2 uses 100).
+CPU_SHARES = 1024
 
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGTP]i?)?B?\s*$")
 _FACTORS = {
@@ -88,15 +100,21 @@ class PodCgroup:
 
     ``folders``: every folder the worker joins (one on v2, one per controller on v1).
     ``memory``: the folder that carries the memory cap, or ``None`` when there is none.
+    ``runner``: folders the pod's runner joins (v1: its CPU group; its children inherit it).
     """
 
     folders: tuple[Path, ...]
     memory: Path | None = None
+    runner: tuple[Path, ...] = ()
+
+    @property
+    def all_folders(self) -> tuple[Path, ...]:
+        return self.folders + self.runner
 
     def kill_all(self) -> int:
         """SIGKILL every process left in the pod's cgroups; returns how many were signalled."""
         killed = 0
-        for folder in self.folders:
+        for folder in self.all_folders:
             try:
                 pids = (folder / "cgroup.procs").read_text().split()
             except OSError:
@@ -112,7 +130,7 @@ class PodCgroup:
     def remove(self) -> bool:
         """Remove the (empty) folders; ``False`` while processes remain in one."""
         done = True
-        for folder in self.folders:
+        for folder in self.all_folders:
             try:
                 folder.rmdir()
             except FileNotFoundError:
@@ -139,7 +157,7 @@ def _own_cgroups(proc_cgroup: Path = Path("/proc/self/cgroup")) -> list[tuple[st
 class PodCgroups:
     """Where this gateway creates per-pod cgroups, per controller.
 
-    ``roots`` maps a controller (``"pids"``, ``"memory"``) to the ``kcr`` folder pods are
+    ``roots`` maps a controller (``"pids"``, ``"memory"``, ``"cpu"``) to the ``kcr`` folder pods are
     created in; found from ``/proc/self/cgroup`` when not given (tests pass their own).
     ``version`` is 2 for the unified hierarchy, 1 otherwise.
     """
@@ -182,10 +200,10 @@ class PodCgroups:
     def probe(self) -> set[str]:
         """The controllers a pod cgroup can really be created with (blocking)."""
         name = f"probe-{secrets.token_hex(4)}"
-        cgroup = self.create(name, pids_max=64, memory_max=64 * 1024**2)
+        cgroup = self.create(name, pids_max=64, memory_max=64 * 1024**2, cpu_weight=CPU_SHARES)
         if cgroup is None:
             return set()
-        working = {c for c, root in self.roots.items() if root / name in cgroup.folders}
+        working = {c for c, root in self.roots.items() if root / name in cgroup.all_folders}
         cgroup.remove()
         return working
 
@@ -198,15 +216,23 @@ class PodCgroups:
             (root / "cgroup.subtree_control").write_text(" ".join(missing))
 
     def create(
-        self, name: str, *, pids_max: int | None = None, memory_max: int | None = None
+        self,
+        name: str,
+        *,
+        pids_max: int | None = None,
+        memory_max: int | None = None,
+        cpu_weight: int | None = None,
     ) -> PodCgroup | None:
         """Create the pod's cgroups with the caps given (``None``: that cap is not wanted).
 
+        ``cpu_weight``: a CPU group of its own with this weight in v1 ``cpu.shares`` units
+        (1024 = the default; v2 gets the same fraction of 100 in ``cpu.weight``).
         Returns ``None`` when no cap could be set up; a controller that fails is left out
         (and logged at debug level), the others are kept.
         """
-        wanted = {"pids": pids_max, "memory": memory_max}
+        wanted = {"pids": pids_max, "memory": memory_max, "cpu": cpu_weight}
         folders: dict[Path, None] = {}
+        runner: dict[Path, None] = {}
         memory: Path | None = None
         for controller, value in wanted.items():
             root = self.roots.get(controller)
@@ -219,18 +245,40 @@ class PodCgroups:
                 folder.mkdir(parents=True, exist_ok=True)
                 if controller == "pids":
                     (folder / "pids.max").write_text(str(value))
-                else:
+                elif controller == "memory":
                     self._write_memory(folder, value)
                     memory = folder
+                else:
+                    self._write_cpu(folder, value)
+                    self._size_cpu_parent(root, value)
             except OSError as e:
                 log.debug("no %s cgroup at %s: %s", controller, folder, e)
-                if folder not in folders:
+                if folder not in folders and folder not in runner:
                     PodCgroup((folder,)).remove()
                 continue
-            folders[folder] = None
-        if not folders:
+            if controller == "cpu" and self.version == 1:
+                runner[folder] = None
+            else:
+                folders[folder] = None
+        if not folders and not runner:
             return None
-        return PodCgroup(tuple(folders), memory)
+        return PodCgroup(tuple(folders), memory, tuple(runner))
+
+    def _write_cpu(self, folder: Path, shares: int) -> None:
+        if self.version == 2:
+            (folder / "cpu.weight").write_text(str(max(1, min(10000, shares * 100 // 1024))))
+        else:
+            (folder / "cpu.shares").write_text(str(max(2, min(262144, shares))))
+
+    def _size_cpu_parent(self, root: Path, shares: int) -> None:
+        """Give the ``kcr`` parent the weight of all the pods in it (one ``shares`` each),
+        so that together they weigh what their processes would without the groups; only
+        the split among them changes (one kernel, one share). Best effort."""
+        try:
+            pods = sum(1 for entry in root.iterdir() if entry.is_dir())
+            self._write_cpu(root, shares * max(1, pods))
+        except OSError as e:
+            log.debug("cannot size the cpu cgroup %s: %s", root, e)
 
     def _write_memory(self, folder: Path, limit: int) -> None:
         if self.version == 2:
@@ -248,6 +296,12 @@ class PodCgroups:
 
     def existing(self, name: str) -> PodCgroup:
         """The cgroup folders pod ``name`` would have (to clear what a killed gateway left)."""
-        folders = tuple(root / name for root in self.roots.values() if (root / name).is_dir())
+        folders = tuple(
+            root / name
+            for controller, root in self.roots.items()
+            if (root / name).is_dir() and not (controller == "cpu" and self.version == 1)
+        )
+        cpu = self.roots.get("cpu")
+        runner = (cpu / name,) if cpu and self.version == 1 and (cpu / name).is_dir() else ()
         memory = self.roots.get("memory")
-        return PodCgroup(folders, memory / name if memory is not None else None)
+        return PodCgroup(folders, memory / name if memory is not None else None, runner)

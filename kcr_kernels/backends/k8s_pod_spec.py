@@ -31,6 +31,8 @@ RUNNER_PORT_ANNOTATION = "kcr.dev/runner-port"  # overrides the container port w
 CONTAINER_NAME = "runner"
 TOKEN_ENV = "KCR_RUNNER_TOKEN"
 WORKSPACE = "/workspace"
+#: The workspace's second name, for code-interpreter clients (LibreChat writes /mnt/data).
+WORKSPACE_ALIAS = "/mnt/data"
 
 
 def _default_owner() -> str:
@@ -187,6 +189,8 @@ def runner_pod_manifest(config: KubernetesConfig, language: str, name: str, toke
     container["volumeMounts"] = [
         *mounts,
         {"name": "workspace", "mountPath": WORKSPACE},
+        # The same folder under the name code-interpreter clients use (/v1/exec).
+        {"name": "workspace", "mountPath": WORKSPACE_ALIAS},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     volumes = [v for v in pod_spec.get("volumes") or [] if v["name"] not in ("workspace", "tmp")]

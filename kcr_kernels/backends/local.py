@@ -24,7 +24,7 @@ from kcr_runner.memory_cap import format_bytes
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .base import Pod, PodBackend, PodStartError
-from .cgroups import PodCgroup, PodCgroups
+from .cgroups import CPU_SHARES, PodCgroup, PodCgroups
 from .sandbox import Sandbox, SandboxLimits
 
 READY_PREFIX = "KCR_RUNNER_READY "
@@ -38,6 +38,10 @@ _ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "COVERAGE_PROCES
 DEFAULT_SANDBOX_HOST_UID = 61000
 #: How many host uids from ``sandbox_uid`` on a root gateway hands out (one per live pod).
 SANDBOX_UID_RANGE = 4096
+#: Joins every cgroup folder given before ``--``, then execs the rest of the arguments.
+JOIN_CGROUPS = (
+    'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done; shift; exec "$@"'
+)
 
 
 def _process_owners() -> set[int]:
@@ -70,6 +74,9 @@ class LocalBackend(PodBackend):
       is missing or cannot create namespaces.
     * ``limits`` sets the worker's rlimits; ``limits.processes`` also becomes a
       per-pod pids cgroup cap where the host allows one.
+    * Each sandboxed pod is a CPU group of its own, of equal weight (cgroup v1: the runner
+      and everything it starts; v2: the worker), so one kernel's busy processes cannot
+      take the CPU from the others; see :mod:`.cgroups`.
     * ``sandbox_uid`` (used only when the gateway runs as root): the first of
       ``SANDBOX_UID_RANGE`` unprivileged host uids; each live pod's sandbox runs as its own
       one (uid = gid), so kernel code is not host root, pods cannot touch each other's
@@ -169,6 +176,12 @@ class LocalBackend(PodBackend):
                     "which the kernel does not enforce when the gateway runs as root"
                 )
                 self.cgroups.roots.pop("pids", None)
+            if "cpu" not in working:
+                self.log.info(
+                    "no writable cpu cgroup: kernels share the CPU as processes, not as "
+                    "equal groups (a kernel with many busy processes gets more)"
+                )
+                self.cgroups.roots.pop("cpu", None)
             capped = {lang: m for lang, m in self.memory_limits.items() if m}
             if self.memory_limit or capped:
                 if "memory" not in working:
@@ -215,15 +228,21 @@ class LocalBackend(PodBackend):
 
     # -- pods --------------------------------------------------------------------------
 
-    async def create(self, language: str) -> Pod:
+    async def create(self, language: str, workspace: Path | None = None) -> Pod:
+        """Start a pod. ``workspace``: an existing host folder to bind at ``/work`` instead
+        of a fresh one (the provisioner's local mode binds the notebook's folder); it is
+        never chowned nor removed, and the sandbox runs as this process's own uid so the
+        files it writes there belong to the user who started the kernel."""
         name = f"kcr-{language}-{secrets.token_hex(5)}"
         token = secrets.token_urlsafe(32)
         pod = Pod(name=name, language=language, token=token)
-        workspace = self.pods_dir / name / "work"
-        await asyncio.to_thread(workspace.mkdir, parents=True)
+        own_folder = workspace is not None
+        if workspace is None:
+            workspace = self.pods_dir / name / "work"
+            await asyncio.to_thread(workspace.mkdir, parents=True)
         files_identity: list[str] = []
         busy = await asyncio.to_thread(_process_owners) if self.host_uid is not None else set()
-        pod_uid = self._take_uid(busy)
+        pod_uid = None if own_folder else self._take_uid(busy)
         if pod_uid is not None:
             pod.meta["host_uid"] = pod_uid
             await asyncio.to_thread(os.chown, workspace, pod_uid, pod_uid)
@@ -240,17 +259,20 @@ class LocalBackend(PodBackend):
         )
         prefix: list[str] = []
         memory_args: list[str] = []
+        runner_groups: list[Path] = []
         if self.sandboxed:
             cgroup = await asyncio.to_thread(
                 self.cgroups.create,
                 name,
                 pids_max=self.limits.processes,
                 memory_max=self.memory_for(language),
+                cpu_weight=CPU_SHARES,
             )
             if cgroup is not None:
                 pod.meta["cgroup"] = cgroup
                 if cgroup.memory is not None:
                     memory_args = ["--memory-cgroup", str(cgroup.memory)]
+                runner_groups = list(cgroup.runner)
             prefix = self.sandbox.prefix(workspace, cgroup=cgroup, host_uid=pod_uid)
         cmd = [
             *self.runner_command,
@@ -270,6 +292,8 @@ class LocalBackend(PodBackend):
         ]
         if self._setpriv:
             cmd = [self._setpriv, "--pdeathsig", "KILL", "--", *cmd]
+        if runner_groups:  # the runner's CPU group (cgroup v1): its children inherit it
+            cmd = ["/bin/sh", "-c", JOIN_CGROUPS, "kcr-runner-cgroup", *runner_groups, "--", *cmd]
         env = {k: os.environ[k] for k in _ENV_PASSTHROUGH if k in os.environ}
         env["KCR_RUNNER_TOKEN"] = token
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")

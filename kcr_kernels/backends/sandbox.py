@@ -31,6 +31,9 @@ MIB = 1024**2
 
 #: Where the workspace appears inside the sandbox (the worker's cwd and HOME).
 SANDBOX_WORKSPACE = "/work"
+#: The same workspace under the name code-interpreter clients expect (``/v1/exec`` callers
+#: such as LibreChat write to ``/mnt/data``): both names are one folder.
+SANDBOX_WORKSPACE_ALIAS = "/mnt/data"
 #: Where source folders of editable installs (e.g. ``kcr_runner``) appear.
 SANDBOX_SRC = "/opt/kcr/src"
 
@@ -151,7 +154,8 @@ class Sandbox:
       installation (``sys.base_prefix``), the virtualenv (``sys.prefix``) and
       the package folders of ``modules`` that live outside both (editable
       installs), the latter under ``/opt/kcr/src`` on ``PYTHONPATH``;
-    * read-write: the workspace at ``/work`` (cwd and ``HOME``) and a private
+    * read-write: the workspace at ``/work`` (cwd and ``HOME``; also bound at
+      ``/mnt/data``, the name code-interpreter clients use) and a private
       tmpfs ``/tmp``; fresh ``/proc`` and ``/dev``.
 
     Nothing else: no home directory, no host ``/tmp``, no gateway data, no
@@ -386,7 +390,9 @@ class Sandbox:
         for source, dest in ro:
             args += ["--ro-bind", src(source), dest]
         pythonpath = [dest for _src, dest in ro if dest.startswith(SANDBOX_SRC + "/")]
-        args += ["--bind", src(str(workspace)), SANDBOX_WORKSPACE, "--chdir", SANDBOX_WORKSPACE]
+        args += ["--bind", src(str(workspace)), SANDBOX_WORKSPACE]
+        args += ["--bind", src(str(workspace)), SANDBOX_WORKSPACE_ALIAS]
+        args += ["--chdir", SANDBOX_WORKSPACE]
         venv_bin = str(Path(sys.prefix) / "bin")
         env = {
             "HOME": SANDBOX_WORKSPACE,

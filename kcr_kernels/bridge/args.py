@@ -29,6 +29,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from ..backends.cgroups import parse_memory
+
 #: Environment passed to the kernel: what a gateway accepts from a start request.
 KERNEL_ENV_PREFIX = "KERNEL_"
 
@@ -57,6 +59,7 @@ class BridgeArgs:
     data_dir: str | None = None
     allow_unsandboxed: bool = False
     start_timeout: float = 30.0
+    memory_limit: str = "2Gi"
     reconnect_timeout: float = 60.0
     log_level: str = "WARNING"
     ignored: list[str] = field(default_factory=list)
@@ -88,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         help="local mode: run without bubblewrap when it is unavailable (NOT isolated)",
     )
     parser.add_argument("--start-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--memory-limit",
+        default=os.environ.get("KCR_MEMORY_LIMIT", "2Gi"),
+        help="local mode: memory cap of the kernel, all its processes together, in a memory "
+        "cgroup (like 2Gi or 512Mi; 0: none; default $KCR_MEMORY_LIMIT or 2Gi)",
+    )
     parser.add_argument("--reconnect-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", default=os.environ.get("KCR_BRIDGE_LOG_LEVEL", "WARNING"))
     return parser
@@ -109,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> BridgeArgs:
             ignored.append(arg)
     if not connection_file:
         parser.error("a connection file is required (-f CONNECTION_FILE)")
+    try:
+        parse_memory(known.memory_limit)
+    except ValueError as e:
+        parser.error(f"--memory-limit: {e}")
     values = {k: v for k, v in vars(known).items() if k != "connection_file"}
     return BridgeArgs(connection_file=connection_file, ignored=ignored, **values)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class GatewayKernel:
     * ``shutdown_request`` is answered here, the kernel is deleted on the
       gateway, then ``on_exit(0)``: jupyter_client restarts a kernel by
       starting a new bridge, so restart requests end this one too.
+    * ``KERNEL_WORKING_DIR`` (the notebook's folder, set by the provisioner) is synced
+      with the kernel's working folder through the gateway's files API when
+      ``folder_sync``: its files go to the kernel before the first cell, the kernel's new
+      and changed files come back before the kernel is deleted at shutdown.
     * When the WebSocket drops, the bridge reconnects to the same kernel
       (its state lives on the gateway) and delivers the messages sent in
       between. Requests that were waiting for a reply when it dropped get an
@@ -67,6 +72,7 @@ class GatewayKernel:
         kernel_name: str = "kcr-python",
         env: dict[str, str] | None = None,
         reconnect_timeout: float = 60.0,
+        folder_sync: bool = True,
         on_exit: Callable[[int], None],
     ):
         self.sockets = sockets
@@ -85,13 +91,40 @@ class GatewayKernel:
         self._closed = False
         self._tasks: set[asyncio.Task] = set()  # shutdowns and reconnects this kernel owns
         self.reconnects = 0
+        self.folder_sync = folder_sync
+        self._folder = None  # KernelFolderSync of KERNEL_WORKING_DIR, when there is one
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
         if self.kernel_id is None:
             self.kernel_id = await self.api.create_kernel(self.kernel_name, self.env)
+        await self._sync_folder_in()
         await self._connect()
+
+    async def _sync_folder_in(self) -> None:
+        """``KERNEL_WORKING_DIR`` (the notebook's folder) → the kernel's working folder."""
+        folder = self.env.get("KERNEL_WORKING_DIR", "")
+        if not folder or not self.folder_sync or not os.path.isdir(folder):  # noqa: ASYNC240
+            return
+        from ..server_extension.batch import open_folder_sync
+
+        self._folder = open_folder_sync(self.kernel_id, folder, self.api.url, self.api.headers())
+        for notice in await self._folder.before_cell():
+            print(notice, file=sys.stderr)
+
+    async def _sync_folder_out(self) -> None:
+        """The kernel's new and changed files → the notebook's folder (before deletion)."""
+        sync, self._folder = self._folder, None
+        if sync is None:
+            return
+        try:
+            for notice in await sync.after_cell():
+                print(notice, file=sys.stderr)
+        except Exception as e:  # never keep a shutdown from deleting the kernel
+            print(f"[kcr] the kernel's files were not brought back: {e}", file=sys.stderr)
+        finally:
+            sync.files.close()
 
     async def _connect(self) -> None:
         url = self.api.channels_url(self.kernel_id)
@@ -133,6 +166,7 @@ class GatewayKernel:
             if task is not asyncio.current_task():  # a shutdown closes from its own task
                 task.cancel()
         if delete and self.kernel_id is not None:
+            await self._sync_folder_out()
             try:
                 await self.api.delete_kernel(self.kernel_id)
             except GatewayError as e:

@@ -94,6 +94,7 @@ class Bridge:
                 kernel_name=args.kernel_name or f"kcr-{args.language}",
                 env=env,
                 reconnect_timeout=args.reconnect_timeout,
+                folder_sync=os.environ.get("KCR_FOLDER_SYNC", "1") not in ("", "0", "false"),
                 on_exit=self.exit,
             )
         from .local import LocalKernel
@@ -110,6 +111,7 @@ class Bridge:
             env=env,
             allow_unsandboxed=args.allow_unsandboxed,
             start_timeout=args.start_timeout,
+            memory_limit=args.memory_limit,
             on_exit=self.exit,
         )
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..backends.base import Pod
+from ..backends.cgroups import parse_memory
 from ..backends.local import LocalBackend
 from ..backends.sandbox import SandboxUnavailable
 from ..message_validation import BadMessage, error_reply, validate
@@ -64,11 +65,18 @@ class LocalKernel:
       :class:`~kcr_kernels.backends.sandbox.SandboxUnavailable` with the
       reason; ``allow_unsandboxed`` runs the worker without bubblewrap when
       the sandbox is unavailable (with a warning).
+    * ``memory_limit`` (``"2Gi"``, bytes, ``None``/``"0"``: none) caps the kernel's memory,
+      all its processes together, in a memory cgroup, as the gateway's local pods are
+      capped; a kernel over it dies with "the kernel used more than N of memory".
+      Where no writable memory cgroup exists the backend logs one warning.
     * :meth:`handle_raw` takes a verified client message.
     * ``shutdown_request`` is answered by the session, then ``on_exit(0)``;
       a pod that dies makes the kernel dead: ``on_exit(1)`` after a message
       on stderr (the pending request gets its ``KernelDied`` reply first).
     * :meth:`close` deletes the pod; nothing is left behind.
+    * ``KERNEL_WORKING_DIR`` in ``env`` (a folder): the sandbox's working folder ``/work``
+      is that folder, read-write (nothing else of the host is visible), so a notebook run
+      from folder F reads and writes F's files as with a stock kernel.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class LocalKernel:
         env: dict[str, str] | None = None,
         allow_unsandboxed: bool = False,
         start_timeout: float = 30.0,
+        memory_limit: str | int | None = "2Gi",
         on_exit: Callable[[int], None],
     ):
         self.sockets = sockets
@@ -88,7 +97,24 @@ class LocalKernel:
         self.on_exit = on_exit
         self.start_timeout = start_timeout
         self.allow_unsandboxed = allow_unsandboxed
-        self.backend = LocalBackend(data_dir, sandbox=True, log=log)
+        # KERNEL_WORKING_DIR (set by the provisioner from the notebook's folder, as Jupyter
+        # Server and nbclient pass it): bound read-write as the sandbox's working folder.
+        working_dir = self.env.get("KERNEL_WORKING_DIR", "")
+        self.working_dir = Path(working_dir).resolve() if working_dir else None
+        if self.working_dir is not None and not self.working_dir.is_dir():
+            print(
+                f"[kcr] KERNEL_WORKING_DIR {working_dir} is not a folder; "
+                "the kernel works in a folder of its own",
+                file=sys.stderr,
+            )
+            self.working_dir = None
+        self.backend = LocalBackend(
+            data_dir,
+            sandbox=True,
+            log=log,
+            memory_limit=parse_memory(memory_limit),
+            **({"sandbox_uid": None} if self.working_dir is not None else {}),
+        )
         self.pod: Pod | None = None
         self.runner: RunnerClient | None = None
         self.session = KernelSession("local", username="kcr", on_shutdown=self._on_shutdown)
@@ -105,7 +131,7 @@ class LocalKernel:
                 )
                 self.backend.sandboxed = False
         await self.backend.start()
-        pod = await self.backend.create(self.language)
+        pod = await self.backend.create(self.language, workspace=self.working_dir)
         self.pod = await self.backend.wait_ready(pod, self.start_timeout)
         runner = RunnerClient(pod.url, pod.token, on_lost=self._on_pod_lost)
         await runner.connect()

@@ -47,9 +47,10 @@ class KernelStore(abc.ABC):
         ``renew_lease`` extends it and returns ``True`` only if ``owner`` still
         holds it (an expired lease cannot be renewed: acquire it again).
         ``release_lease`` frees it only if ``owner`` holds it. ``lease_owner``
-        returns the current holder or ``None``. Leases expire by wall-clock
-        time: keep clocks of gateway hosts in sync (NTP) for the SQLite store;
-        Redis uses its own clock.
+        returns the current holder or ``None``. SQLite (one host) expires
+        leases by the host's monotonic clock, so a wall-clock jump changes
+        nothing (a lease from before a reboot is expired); Redis expires them
+        by its own clock.
 
     Errors
         Every failure raises a :class:`StoreError` whose message names the
@@ -68,6 +69,9 @@ class KernelStore(abc.ABC):
     state_ttl: float | None
     #: largest state blob accepted, in bytes; ``None`` = no limit of ours
     max_state_bytes: int | None
+    #: a store on this machine's disk (SQLite), not a network service: it cannot stall
+    #: the way a stopped server does, so callers need not bound its calls more tightly
+    local: bool = False
 
     # -- kernel records -------------------------------------------------
     @abc.abstractmethod

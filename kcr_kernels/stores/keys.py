@@ -32,6 +32,11 @@ def validate_kernel_id(kernel_id: str, *, url: str = "", operation: str = "") ->
     return kernel_id
 
 
+#: A NUL or other control character (C0 or DEL). One regex search per path: a sync of
+#: 20,000 files validates every name on the event loop.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def validate_path(path: str, *, url: str = "", operation: str = "") -> str:
     """Return ``path`` if it is a safe relative POSIX path, else raise :class:`InvalidPath`.
 
@@ -51,7 +56,7 @@ def validate_path(path: str, *, url: str = "", operation: str = "") -> str:
         raise bad("must be a string")
     if not path:
         raise bad("empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         raise bad("contains a NUL or control character")
     if "\\" in path:
         raise bad("contains a backslash (paths are POSIX, '/'-separated)")

@@ -14,9 +14,11 @@ Keys (``{id}`` is the kernel id):
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -31,6 +33,9 @@ from .kernel_store import KernelStore
 from .keys import validate_kernel_id
 
 T = TypeVar("T")
+
+#: How a RESP2/RESP3 reply can start (an inline PING gets "+PONG" or "-NOAUTH ..." etc.).
+_RESP_FIRST_BYTES = {bytes([c]) for c in b"+-:$*_,#!=(%~|>"}
 
 PREFIX = "kcr:"
 INDEX_KEY = PREFIX + "kernels"
@@ -94,6 +99,8 @@ class RedisKernelStore(KernelStore):
     ):
         check_settings(url, state_ttl, max_state_bytes)
         self._raw_url = url
+        self._timeout = timeout
+        self._verified = False  # the server was seen to speak Redis
         self.url = redact_url(url)
         self.state_ttl = state_ttl
         self.max_state_bytes = max_state_bytes
@@ -239,7 +246,43 @@ class RedisKernelStore(KernelStore):
 
     # -- lifecycle ------------------------------------------------------
     async def ping(self) -> None:
+        """PING. The first time, a plain TCP ``PING`` comes first, so that a URL pointing at
+        something that answers but is not Redis (an HTTP server, say) is one clear error."""
+        if not self._verified:
+            await self._check_is_redis()
         await self._call("ping()", self._redis.ping)
+        self._verified = True
+
+    async def _check_is_redis(self) -> None:
+        parts = urlsplit(self._raw_url)
+        if parts.scheme != "redis" or not parts.hostname:
+            return  # TLS or a unix socket: redis-py's own errors are clear enough
+        host, port = parts.hostname, parts.port or 6379
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), self._timeout
+            )
+        except (OSError, TimeoutError) as e:
+            raise StoreUnavailable(
+                self._raw_url, "ping()", f"Redis unreachable: {e or type(e).__name__}"
+            ) from e
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(80), self._timeout)
+        except (OSError, TimeoutError):
+            return  # no answer yet (a stalled server): the real PING below times out
+        finally:
+            writer.close()
+        if answer[:1] not in _RESP_FIRST_BYTES:
+            first = answer.splitlines()[0] if answer.strip() else b"nothing"
+            shown = first[:60].decode("ascii", "replace")
+            raise StoreConfigError(
+                self._raw_url,
+                "ping()",
+                f"{host}:{port} answers but is not a Redis server (it replied {shown!r} to "
+                "PING): check kernel_store_url",
+            )
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,10 +1,13 @@
 """Kernel store in one SQLite file (the embedded default): ``sqlite:///abs/path/kcr.db``.
 
 Tables: ``kernels(kernel_id, record)``, ``states(kernel_id, blob, meta,
-expires_at)``, ``leases(kernel_id, owner, expires_at)``. The database runs in
-WAL mode with a busy timeout, so several gateway processes on one machine can
-share the file. Expiry uses wall-clock time (``time.time()``); expired states
-are dropped lazily (on read, and in bulk on every ``put_state``).
+expires_at)``, ``host_leases(kernel_id, owner, expires_at, boot_id)``. The
+database runs in WAL mode with a busy timeout, so several gateway processes on
+one machine can share the file. States expire by wall-clock time
+(``time.time()``, they outlive reboots); expired states are dropped lazily (on
+read, and in bulk on every ``put_state``). Leases expire by the host's
+monotonic clock within one boot (``time.monotonic()``, immune to clock jumps);
+a lease from an earlier boot is expired.
 
 The stdlib :mod:`sqlite3` module is used from a worker thread
 (:func:`asyncio.to_thread`): it needs no extra dependency, and one connection
@@ -42,12 +45,28 @@ CREATE TABLE IF NOT EXISTS states (
     expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS states_expires_at ON states(expires_at);
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE IF NOT EXISTS host_leases (
     kernel_id  TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    boot_id    TEXT NOT NULL
 );
 """
+# Leases expire by this host's monotonic clock (CLOCK_MONOTONIC is one clock for every
+# process of a boot), so setting the wall clock neither frees a live lease nor keeps a dead
+# one; ``boot_id`` tells a lease from before a reboot (expired: its holder is gone). The
+# ``leases`` table of earlier versions (wall-clock expiry) is no longer read.
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:  # not Linux: one id per process start; still monotonic within a boot
+        return f"no-boot-id-{os.getpid()}-{time.time_ns()}"
+
+
+BOOT_ID = _boot_id()
 
 # sqlite3 error texts that mean "cannot get at the database right now"
 _UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "read-only")
@@ -73,6 +92,8 @@ class SqliteKernelStore(KernelStore):
     busy timeout in seconds: a write that cannot get the lock within it raises
     :class:`StoreUnavailable`.
     """
+
+    local = True
 
     def __init__(
         self,
@@ -190,7 +211,7 @@ class SqliteKernelStore(KernelStore):
 
         def run(c: sqlite3.Connection) -> None:
             def body() -> None:
-                for table in ("kernels", "states", "leases"):
+                for table in ("kernels", "states", "host_leases"):
                     c.execute(f"DELETE FROM {table} WHERE kernel_id = ?", (kernel_id,))
 
             self._transaction(c, body)
@@ -257,14 +278,16 @@ class SqliteKernelStore(KernelStore):
         ttl = check_ttl(ttl)
 
         def run(c: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = time.monotonic()
             # One statement, hence atomic: insert, or take over only if ours or expired.
             cur = c.execute(
-                "INSERT INTO leases(kernel_id, owner, expires_at) VALUES (?, ?, ?) "
+                "INSERT INTO host_leases(kernel_id, owner, expires_at, boot_id) "
+                "VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(kernel_id) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at "
-                "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-                (kernel_id, owner, now + ttl, now),
+                "expires_at = excluded.expires_at, boot_id = excluded.boot_id "
+                "WHERE host_leases.owner = excluded.owner OR host_leases.expires_at <= ? "
+                "OR host_leases.boot_id != excluded.boot_id",
+                (kernel_id, owner, now + ttl, BOOT_ID, now),
             )
             return cur.rowcount == 1
 
@@ -277,11 +300,11 @@ class SqliteKernelStore(KernelStore):
         ttl = check_ttl(ttl)
 
         def run(c: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = time.monotonic()
             cur = c.execute(
-                "UPDATE leases SET expires_at = ? "
-                "WHERE kernel_id = ? AND owner = ? AND expires_at > ?",
-                (now + ttl, kernel_id, owner, now),
+                "UPDATE host_leases SET expires_at = ? "
+                "WHERE kernel_id = ? AND owner = ? AND expires_at > ? AND boot_id = ?",
+                (now + ttl, kernel_id, owner, now, BOOT_ID),
             )
             return cur.rowcount == 1
 
@@ -294,7 +317,7 @@ class SqliteKernelStore(KernelStore):
         await self._run(
             op,
             lambda c: c.execute(
-                "DELETE FROM leases WHERE kernel_id = ? AND owner = ?", (kernel_id, owner)
+                "DELETE FROM host_leases WHERE kernel_id = ? AND owner = ?", (kernel_id, owner)
             ),
         )
 
@@ -304,8 +327,9 @@ class SqliteKernelStore(KernelStore):
         row = await self._run(
             op,
             lambda c: c.execute(
-                "SELECT owner FROM leases WHERE kernel_id = ? AND expires_at > ?",
-                (kernel_id, time.time()),
+                "SELECT owner FROM host_leases WHERE kernel_id = ? AND expires_at > ? "
+                "AND boot_id = ?",
+                (kernel_id, time.monotonic(), BOOT_ID),
             ).fetchone(),
         )
         return None if row is None else row[0]

@@ -501,6 +501,9 @@ class ChannelHandler(websocket.WebSocketHandler):
             header = header if isinstance(header, dict) else None
             metadata = frame.get("metadata")
             metadata = metadata if isinstance(metadata, dict) else None
+            # The request reached the pod: a gateway that loses the pod after this ends
+            # the request with KernelDied; before it, it re-sends the request to a new pod.
+            self.send_text(f'{{"id": {json.dumps(request_id)}, "event": "ack"}}')
             asyncio.ensure_future(self._request(request_id, op, content, header, metadata))
         else:
             self.protocol_error(

@@ -12,7 +12,10 @@ Test knobs:
 
 * a cell whose code is ``BLOCK`` never finishes on its own (an interrupt
   ends it with ``KeyboardInterrupt``; losing the pod ends it with ``RunnerGone``);
-* :meth:`die` is the pod dying under the kernel.
+* :meth:`die` is the pod dying under the kernel;
+* ``acks = False``: requests are sent but never reach the fake pod (no ``ack``,
+  nothing runs), as for a request in flight at the instant the pod dies; losing
+  the pod then fails them with ``NotDelivered``.
 
 Use it through ``KCRKernelManager(runner_factory=FakeRunnerClient.for_pod)``;
 :data:`FakeRunnerClient.made` lists every client made, newest last.
@@ -53,6 +56,8 @@ class FakeRunnerClient(RunnerClient):
         self.env: dict[str, str] = {}
         self.execution_count = 0
         self.blocked: str | None = None  # request id of a BLOCK cell
+        self.acks = True  # False: requests never reach the fake pod
+        self.unreached: list[str] = []  # codes of requests that never reached it
         self._tasks: set[asyncio.Task] = set()
 
     # -- channel --------------------------------------------------------------
@@ -109,6 +114,12 @@ class FakeRunnerClient(RunnerClient):
 
     async def _run(self, request_id: str, op: str, content: dict) -> None:
         await asyncio.sleep(0)
+        pending = self._pending.get(request_id)
+        if not self.acks:
+            self.unreached.append(content.get("code", op))
+            return
+        if pending is not None:
+            pending.acked = True  # the runner's "ack"
         if op != "execute":
             self._reply(request_id, f"{op}_reply", {"status": "ok"})
             return

@@ -93,7 +93,7 @@ async def test_a_lost_pod_is_replaced_with_the_last_checkpoint(parts):
 
     kernel.runner.die()
     assert kernel.state is KernelState.LOST
-    assert kernel.model()["execution_state"] == "idle"
+    assert kernel.model()["execution_state"] == "hibernated"  # no pod until the next request
 
     reply = await execute(kernel, listener, "x + 1", "b")
     assert reply["content"]["status"] == "ok"
@@ -123,6 +123,28 @@ async def test_a_cell_running_when_the_pod_dies_ends_with_kernel_died(parts):
         await asyncio.sleep(0.001)
     assert listener.reply("a")["content"]["ename"] == "KernelDied"
     assert kernel.state is KernelState.LOST
+
+
+async def test_a_request_its_pod_never_got_runs_on_the_next_pod(parts):
+    km, _backend = parts
+    kernel = km.get_kernel(await km.start_kernel("kcr-python"))
+    listener = Listener()
+    assert (await execute(kernel, listener, "x = 41", "a"))["content"]["status"] == "ok"
+    assert (await km.checkpointer.checkpoint(kernel)).saved
+    kernel.runner.acks = False  # the next request is in flight when the pod dies
+    old_runner = kernel.runner
+    kernel.session.handle(listener, request("execute_request", {"code": "x + 1"}, "b"))
+    for _ in range(100):
+        if old_runner.unreached:
+            break
+        await asyncio.sleep(0.001)
+    old_runner.die()
+    reply = await execute(kernel, listener, "x + 2", "c")
+    assert reply["content"]["status"] == "ok"
+    assert listener.reply("b")["content"]["status"] == "ok"
+    results = [m for m in listener.of("b") if m["msg_type"] == "execute_result"]
+    assert results[0]["content"]["data"]["text/plain"] == "42"
+    assert kernel.runner is not old_runner and old_runner.unreached == ["x + 1"]
 
 
 @pytest.mark.parametrize("bad", ["msg_type_number", "session_close_raises"])

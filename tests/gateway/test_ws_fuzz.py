@@ -18,7 +18,7 @@ from jupyter_server.services.kernels.connection.base import (
     serialize_msg_to_ws_v1,
 )
 from kcr_gateway.app import KCRGateway
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
@@ -482,32 +482,41 @@ async def test_a_frame_of_exactly_the_size_limit_is_taken_one_byte_more_is_1009(
 # -- many sockets, many frames -------------------------------------------------------------
 
 
-async def test_a_thousand_websockets_on_one_kernel_are_bounded(base, gateway, kernels):
+async def test_a_thousand_websockets_on_one_kernel_are_refused_before_the_upgrade(
+    base, gateway, kernels
+):
+    """Sockets over the per-kernel cap get HTTP 429 with a JSON reason, never a session."""
     kernel_id, control = kernels
     url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
     kept, refused = [], []
 
     async def one():
-        """Open a socket and ask for kernel_info: an accepted socket answers, a refused closes."""
-        ws = await websocket_connect(HTTPRequest(url))
+        """Open a socket and ask for kernel_info: an accepted socket answers."""
+        try:
+            ws = await websocket_connect(HTTPRequest(url))
+        except HTTPClientError as e:
+            refused.append((e.code, e.response.headers, json.loads(e.response.body)))
+            return
         await ws.write_message(json.dumps(good("kernel_info_request", {})))
         while True:
             message = await asyncio.wait_for(ws.read_message(), 30)
-            if message is None:
-                refused.append((ws.close_code, ws.close_reason))
-                return
+            assert message is not None, (ws.close_code, ws.close_reason)
             if json.loads(message)["msg_type"] == "kernel_info_reply":
                 kept.append(ws)
                 return
 
+    before = vm_rss()
     for _ in range(10):  # 1,000 sockets, 100 at a time
         await asyncio.gather(*(one() for _ in range(100)))
     try:
         assert len(kept) == PER_KERNEL
         assert len(refused) == 1000 - PER_KERNEL
-        assert {code for code, _ in refused} == {1008}
-        assert all(f"limit {PER_KERNEL}" in reason for _, reason in refused)
-        # every kept socket still works; others are refused, the control kernel is fine
+        assert {code for code, _, _ in refused} == {429}
+        assert {headers.get("Retry-After") for _, headers, _ in refused} == {"1"}
+        assert all(f"(limit {PER_KERNEL})" in body["message"] for _, _, body in refused)
+        assert refused[0][2]["reason"] == "Too Many WebSockets"
+        assert vm_rss() - before < 64 * 1024 * 1024
+        # every kept socket still works; the control kernel is fine
         client = WSKernelClient(kept[0], kernel_id)
         r = await client.execute("1+1", timeout=30)
         assert r.outputs("execute_result")[0]["data"]["text/plain"] == "2"
@@ -519,6 +528,39 @@ async def test_a_thousand_websockets_on_one_kernel_are_bounded(base, gateway, ke
             ws.close()
     kernel = gateway.kernel_manager.get_kernel(kernel_id)
     await wait_for(lambda: kernel.connections == 0, 30, "closed sockets are released")
+    slots = gateway.http_server.request_callback.settings["kcr_ws_slots"]
+    await wait_for(lambda: kernel_id not in slots.kernels, 30, "their slots are released")
+    # released slots can be taken again
+    again = await WSKernelClient.connect(base, kernel_id)
+    again.close()
+    await assert_alive(base, kernel_id, control)
+
+
+async def test_the_identity_and_gateway_caps_refuse_before_the_upgrade(base, gateway, kernels):
+    """Across kernels: one client over the per-identity cap, then the gateway-wide cap."""
+    kernel_id, control = kernels
+    slots = gateway.http_server.request_callback.settings["kcr_ws_slots"]
+    url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+    for attr, words in (
+        ("per_identity", "client 127.0.0.1 has {n} kernel WebSockets open (limit {n})"),
+        ("total", "the gateway has {n} kernel WebSockets open (limit {n})"),
+    ):
+        saved, held = getattr(slots, attr), slots.open  # the control kernel's socket
+        cap = held + 2
+        setattr(slots, attr, cap)
+        opened = []
+        try:
+            for _ in range(2):
+                opened.append(await websocket_connect(HTTPRequest(url)))
+            with pytest.raises(HTTPClientError) as refused:
+                await websocket_connect(HTTPRequest(url))
+            assert refused.value.code == 429
+            assert json.loads(refused.value.response.body)["message"] == words.format(n=cap)
+        finally:
+            setattr(slots, attr, saved)
+            for ws in opened:
+                ws.close()
+        await wait_for(lambda held=held: slots.open == held, 30, "the slots are released")
     await assert_alive(base, kernel_id, control)
 
 

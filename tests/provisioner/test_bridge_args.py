@@ -8,6 +8,7 @@ kernel; the ones kcr does not already honour are named once on stderr.
 
 from __future__ import annotations
 
+import pytest
 from conftest import TOKEN  # noqa: F401 - the conftest's fixtures are used by name
 
 from kcr_kernels.bridge.args import parse_args
@@ -42,6 +43,15 @@ def test_connection_file_in_ipykernel_spellings():
     assert parse_args(["--f=/tmp/a.json"]).connection_file == "/tmp/a.json"
     assert parse_args(["--IPKernelApp.connection_file=/b.json"]).connection_file == "/b.json"
     assert parse_args(["--connection-file", "/c.json"]).connection_file == "/c.json"
+
+
+def test_memory_limit_default_and_a_bad_value(monkeypatch, capsys):
+    monkeypatch.delenv("KCR_MEMORY_LIMIT", raising=False)
+    assert parse_args(["-f", "/a.json"]).memory_limit == "2Gi"
+    assert parse_args(["-f", "/a.json", "--memory-limit", "512Mi"]).memory_limit == "512Mi"
+    with pytest.raises(SystemExit):
+        parse_args(["-f", "/a.json", "--memory-limit", "lots"])
+    assert "--memory-limit: bad memory size 'lots'" in capsys.readouterr().err
 
 
 def test_kernel_starts_with_ipykernel_arguments(kcr_spec, jp_start_kernel, run, capfd):

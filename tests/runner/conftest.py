@@ -141,10 +141,10 @@ class Channel:
     async def request(
         self, op: str, content: dict[str, Any] | None = None, timeout: float = 30
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Send one op; return ``(events, reply frame)`` for it."""
+        """Send one op; return ``(events, reply frame)`` for it (without its ``ack``)."""
         id = await self.send(op, content)
         reply = await self.reply(id, timeout)
-        events = [f for f in self.frames[id] if f.get("event") != "reply"]
+        events = [f for f in self.frames[id] if f.get("event") not in ("reply", "ack")]
         return events, reply
 
     async def execute(self, code: str, timeout: float = 30, **content: Any):

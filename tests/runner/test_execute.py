@@ -22,6 +22,15 @@ async def test_execute_result_has_execution_count_and_execute_input_comes_first(
     assert second["content"]["execution_count"] == count + 1
 
 
+async def test_a_request_is_acknowledged_before_any_of_its_events(channel):
+    # The gateway re-sends to a new pod only requests its lost pod never acknowledged.
+    request_id = await channel.send("execute", {"code": "print('x')"})
+    await channel.reply(request_id)
+    events = [f["event"] for f in channel.frames[request_id]]
+    assert events[0] == "ack" and events.count("ack") == 1
+    assert events[-1] == "reply"
+
+
 async def test_stream_reaches_client_while_the_cell_still_runs(channel, shared_runner):
     flag = shared_runner.workspace / "release-stream"
     code = (

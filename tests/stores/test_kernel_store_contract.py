@@ -25,25 +25,34 @@ from kcr_kernels.stores import (
     StoreUnavailable,
     open_kernel_store,
 )
+from kcr_kernels.stores.kernel_store_health import HealthCheckedKernelStore
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "sqlite", "redis+health", "sqlite+health"])
 def store_url(request, tmp_path) -> str:
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         return request.getfixturevalue("redis_url")
     return f"sqlite://{tmp_path}/db/kcr.db"
 
 
 @pytest.fixture
-async def open_store(store_url):
+def health_checked(request) -> bool:
+    """The store is wrapped in the gateway's HealthCheckedKernelStore (same contract)."""
+    return request.node.callspec.params["store_url"].endswith("+health")
+
+
+@pytest.fixture
+async def open_store(store_url, health_checked):
     """Open stores on the backend under test (closed at teardown)."""
     opened: list[KernelStore] = []
 
     def opener(**options) -> KernelStore:
         store = open_kernel_store(store_url, **options)
+        if health_checked:
+            store = HealthCheckedKernelStore(store, call_timeout=None)
         opened.append(store)
         return store
 

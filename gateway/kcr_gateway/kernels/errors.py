@@ -13,7 +13,7 @@ UnknownKernel            404     no such kernel in the registry
 UnknownKernelSpec        404     no such kernelspec
 UnknownLanguage          404     no pool serves the kernelspec's language
 KernelExists             409     a start asked for an id that is in use
-RegistryUnavailable      503     the kernel store failed
+RegistryUnavailable      503     the kernel store failed (or is known to be down)
 NoPodAvailable           503     the pool is at ``max`` with every pod leased
 PodFailed                503     the pod did not start, answer, or get its files
 HeldElsewhere            503     another replica did not hand the kernel over

@@ -25,6 +25,7 @@ once. Two more keys carry requests between replicas:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import uuid
@@ -46,17 +47,45 @@ HANDOFF = ".handoff"
 INTERRUPT = ".interrupt"
 
 
+def default_owner(data_dir: str | None) -> str:
+    """A replica name that is the same after a restart on this host with this data folder.
+
+    Two gateways never share a data folder at once (``kcr_gateway.data_lock``), so the
+    name is unique among live replicas on one host; without a data folder it is random.
+    """
+    host = socket.gethostname()
+    if not data_dir:
+        return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    folder = os.path.realpath(data_dir)
+    return f"{host}-{hashlib.sha256(folder.encode()).hexdigest()[:10]}"
+
+
+def _data_dir_of(configurable) -> str | None:
+    """The gateway's ``data_dir``, found up the ``parent`` chain (None outside a gateway)."""
+    node = configurable.parent
+    while node is not None:
+        data_dir = getattr(node, "data_dir", None)
+        if isinstance(data_dir, str) and data_dir:
+            return data_dir
+        node = getattr(node, "parent", None)
+    return None
+
+
 class KCRLeaseKeeper(LoggingConfigurable):
     """This replica's leases in the kernel store (one instance, owned by the manager)."""
 
     store = Instance(KernelStore)
-    owner = Unicode(config=True, help="This replica's name in leases (default: host-pid-random).")
+    owner = Unicode(
+        config=True,
+        help="This replica's name in leases; it must be unique among live replicas. "
+        "Default: $KCR_REPLICA_ID, else <host>-<hash of the data folder> (stable across "
+        "restarts, so a restarted gateway takes its own leases over at once; the data "
+        "folder's lock keeps it unique on a host), else <host>-<pid>-<random>.",
+    )
 
     @default("owner")
     def _owner_default(self) -> str:
-        return os.environ.get(
-            "KCR_REPLICA_ID", f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        )
+        return os.environ.get("KCR_REPLICA_ID") or default_owner(_data_dir_of(self))
 
     lease_ttl = Float(15.0, config=True, help="Seconds a kernel lease lives without renewal.")
     lease_interval = Float(
@@ -64,6 +93,12 @@ class KCRLeaseKeeper(LoggingConfigurable):
     )
     handoff_timeout = Float(
         30.0, config=True, help="Seconds to wait for another replica to hand a kernel over."
+    )
+    wait_notice_after = Float(
+        1.0,
+        config=True,
+        help="Seconds a request waits for another replica's lease before its user is told "
+        "why on stderr (one line).",
     )
 
     def __init__(self, **kw):
@@ -79,8 +114,12 @@ class KCRLeaseKeeper(LoggingConfigurable):
         except StoreError as e:
             raise RegistryUnavailable(e, kernel_id)
 
-    async def take(self, kernel_id: str) -> None:
-        """Hold the kernel's lease, asking the replica that holds it to hand it over."""
+    async def take(self, kernel_id: str, on_wait: Callable[[str], None] | None = None) -> None:
+        """Hold the kernel's lease, asking the replica that holds it to hand it over.
+
+        ``on_wait`` gets one sentence for the user when the wait lasts longer than
+        ``wait_notice_after`` (the client already sees the kernel ``busy``).
+        """
         store, kid = self.store, kernel_id
         try:
             if await store.acquire_lease(kid, self.owner, self.lease_ttl):
@@ -89,7 +128,15 @@ class KCRLeaseKeeper(LoggingConfigurable):
             self.log.info("Kernel %s is held by %s: asking for a hand-off", kid, holder)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.handoff_timeout
+            notice_at = loop.time() + self.wait_notice_after
             while loop.time() < deadline:
+                if on_wait is not None and loop.time() >= notice_at:
+                    on_wait(
+                        f"[kcr] Waiting for gateway replica {holder} to hand this kernel over "
+                        f"(it holds the kernel's lease; up to {self.handoff_timeout:g} s, or "
+                        f"until its lease expires if that replica is gone).\n"
+                    )
+                    on_wait = None
                 await store.acquire_lease(kid + HANDOFF, self.owner, self.lease_ttl)
                 if await store.acquire_lease(kid, self.owner, self.lease_ttl):
                     await store.release_lease(kid + HANDOFF, self.owner)
@@ -149,6 +196,7 @@ class KCRLeaseKeeper(LoggingConfigurable):
                 self.log.error("Kernel %s: lease lost to another replica; dropping its pod", kid)
                 async with kernel.lock:
                     await kernel.drop_pod()
+                kernel.registry_owner = await self.store.lease_owner(kid) or ""
                 return
         asker = await self.store.lease_owner(kid + HANDOFF)
         if asker and asker != self.owner:

@@ -154,6 +154,10 @@ class KCRKernelManager(LoggingConfigurable):
       pool a 503, a pod that will not start a 503 with the reason.
     * :meth:`adopt` makes a kernel known to this replica from the registry
       (404 if the registry has no such kernel); handlers call it first.
+    * :meth:`list_kernels_from_registry` answers within ``registry_list_timeout``
+      for a networked registry: when it fails or is slow, from this replica's own
+      view (the kernels the registry last listed, and those it runs), saying so.
+      A kernel without a pod is ``hibernated``; one another replica runs, ``idle``.
     * A request on a kernel without a pod puts it on a fresh pod with its
       files and last checkpoint (resume, recovery, hand-off).
     * :meth:`restart_kernel` puts the kernel on a fresh pod with its files
@@ -189,6 +193,14 @@ class KCRKernelManager(LoggingConfigurable):
         "Tests pass a double (tests/fakes/fake_runner_client.py).",
     )
     kernel_info_timeout = Float(60.0, config=True, help="Seconds a client waits for kernel_info.")
+    registry_list_timeout = Float(
+        0.05,
+        config=True,
+        help="Seconds GET /api/kernels waits for a networked registry (Redis); after it (or "
+        "when the registry is known to be down) the answer is this gateway's own view, with "
+        "the header X-KCR-Registry: unreachable. 0: wait as long as the store's own timeout. "
+        "Not applied to the local SQLite store.",
+    )
     start_timeout = Float(
         config=True,
         help="Seconds a kernel start may wait for a pod when the pool is empty "
@@ -214,6 +226,8 @@ class KCRKernelManager(LoggingConfigurable):
         self.checkpointer = KCRCheckpointer(parent=self, log=self.log, store=self.store)
         self.culler = KCRCuller(parent=self, log=self.log)
         self._kernels: dict[str, RemoteKernel] = {}
+        #: registry records as of the last listing that answered (for listings during an outage)
+        self._registry_view: dict[str, dict] = {}
         self.kernel_info_cache: dict[str, dict] = {}  # language -> the runner's kernel_info
 
     @property
@@ -266,6 +280,7 @@ class KCRKernelManager(LoggingConfigurable):
         except StoreError as e:
             raise RegistryUnavailable(e, kernel_id)
         if record is None:
+            self._registry_view.pop(kernel_id, None)
             stale = self._kernels.pop(kernel_id, None)
             if stale is not None:
                 await stale.session.close()
@@ -284,18 +299,60 @@ class KCRKernelManager(LoggingConfigurable):
 
     async def list_kernels(self, user: str | None = None) -> list[dict]:
         """Models of every kernel in the registry; only those owned by ``user`` if given."""
-        try:
-            records = await self.store.list_kernels()
-        except StoreError as e:
-            self.log.warning("Kernel registry unavailable, listing local kernels only: %s", e)
-            return [k.model() for k in self._kernels.values() if user in (None, k.user)]
+        return (await self.list_kernels_from_registry(user))[0]
+
+    async def list_kernels_from_registry(self, user: str | None = None) -> tuple[list[dict], bool]:
+        """(models, whether the registry answered). When the registry fails or does not
+        answer within ``registry_list_timeout``, the models are this replica's own view."""
+        store = self.store
+        records = None
+        if getattr(store, "reachable", True):
+            bound = None if getattr(store, "local", False) else self.registry_list_timeout
+            try:
+                records = await asyncio.wait_for(store.list_kernels(), bound or None)
+            except TimeoutError:
+                self.log.warning(
+                    "Kernel registry did not answer within %g s: listing this gateway's "
+                    "kernels only",
+                    self.registry_list_timeout,
+                )
+                if hasattr(store, "suspect"):
+                    store.suspect("listing kernels")
+            except StoreError as e:
+                self.log.warning("Kernel registry unavailable, listing local kernels only: %s", e)
+        complete = records is not None
+        if complete:
+            self._registry_view = {r["id"]: r for r in records if "id" in r}
+        else:  # the registry as last seen, and what this replica runs now
+            records = [
+                *self._registry_view.values(),
+                *(k.record("running", self.owner) for k in self._kernels.values()),
+            ]
         models = {}
         for record in records:
             if "id" not in record or user not in (None, record.get("user", "")):
                 continue
             local = self._kernels.get(record["id"])
-            models[record["id"]] = local.model() if local else model_from_record(record)
-        return list(models.values())
+            models[record["id"]] = local.model() if local else self._model_of(record)
+        return list(models.values()), complete
+
+    async def load_registry_view(self) -> None:
+        """Read the registry once at start-up, so a listing while it is unreachable still
+        names the kernels it had (failures are logged)."""
+        try:
+            records = await self.store.list_kernels()
+        except StoreError as e:
+            self.log.warning("Kernel registry unavailable at start-up: %s", e)
+            return
+        self._registry_view = {r["id"]: r for r in records if "id" in r}
+
+    def _model_of(self, record: dict) -> dict:
+        """The model of a kernel this replica has not adopted: one its own previous process
+        ran (same replica name) has no pod now, so it is ``hibernated``."""
+        model = model_from_record(record)
+        if record.get("owner") == self.owner:
+            model["execution_state"] = "hibernated"
+        return model
 
     def kernels_of(self, username: str) -> int:
         return sum(1 for k in self._kernels.values() if k.username == username)
@@ -332,7 +389,8 @@ class KCRKernelManager(LoggingConfigurable):
         user: str = "",
         **_kw,
     ) -> str:
-        kernel_name = kernel_name or self.default_kernel_name
+        # An alias (python3 -> kcr-python) starts, and is listed as, the kcr kernelspec.
+        kernel_name = self.kernel_spec_manager.resolve(kernel_name or self.default_kernel_name)
         kernel_id = kernel_id or str(uuid.uuid4())
         if kernel_id in self._kernels:
             raise KernelExists(kernel_id)
@@ -408,7 +466,12 @@ class KCRKernelManager(LoggingConfigurable):
     async def remove(self, kernel_id: str) -> None:
         """Shut the kernel down everywhere (raises :class:`KernelError`); always frees the pod."""
         kernel = await self._adopt(kernel_id)
-        await kernel.shutdown(forget=lambda: self._kernels.pop(kernel_id, None))
+
+        def forget() -> None:
+            self._kernels.pop(kernel_id, None)
+            self._registry_view.pop(kernel_id, None)
+
+        await kernel.shutdown(forget=forget)
 
     @translate_errors
     async def shutdown_kernel(

@@ -124,6 +124,10 @@ class RemoteKernel(LoggingConfigurable):
         self.created = record.get("created") or time.time()
         self.last_activity: float = record.get("last_activity") or time.time()
         self.last_checkpoint: float | None = record.get("checkpointed")  # state last saved
+        #: the replica that ran it when its record was read ("" for a new kernel)
+        self.registry_owner: str = (
+            "" if record.get("state") == "hibernated" else record.get("owner") or ""
+        )
         self.state = (
             KernelState.HIBERNATED if record.get("state") == "hibernated" else KernelState.DETACHED
         )
@@ -138,6 +142,9 @@ class RemoteKernel(LoggingConfigurable):
         self.sync_wanted: str | None = None
         self.sync_again = False
         self.synced_workspace: str | None = None  # runner's workspace fingerprint when synced
+        #: the runner's workspace fingerprint after the last cell (None: not known); the
+        #: code API diffs files by it and the files listing reports it as its `version`
+        self.workspace_fingerprint: str | None = None
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.session = self._new_session()
         # Answer kernel_info of a kernel adopted without a pod (after a gateway restart).
@@ -151,11 +158,19 @@ class RemoteKernel(LoggingConfigurable):
 
     @property
     def execution_state(self) -> str:
-        if self.state is KernelState.HIBERNATED:
-            return "hibernated"
-        if not self.attached:
-            return "idle"
-        return self.session.execution_state
+        """``hibernated`` for a kernel without a pod (hibernated, pod lost, adopted after this
+        gateway restarted) unless a request is resuming it (``busy``); ``idle`` for one the
+        registry says another replica runs; else the session's."""
+        if self.attached or not self.session.idle:
+            return self.session.execution_state
+        if self.state is KernelState.DETACHED and self.registry_owner not in ("", self.host_owner):
+            return "idle"  # on another replica, as far as this one knows
+        return "hibernated"
+
+    @property
+    def host_owner(self) -> str:
+        leases = getattr(self.host, "leases", None)
+        return getattr(leases, "owner", "")
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -240,7 +255,7 @@ class RemoteKernel(LoggingConfigurable):
             return
         self.dirty = True
         self.host.checkpointer.schedule(self)
-        fingerprint = frame.get("workspace")
+        fingerprint = self.workspace_fingerprint = frame.get("workspace")
         if fingerprint is not None and fingerprint == self.synced_workspace:
             return  # the cell changed no file
         if self.host.files is not None and self.runner is not None:
@@ -316,6 +331,7 @@ class RemoteKernel(LoggingConfigurable):
             await pool.release(pod)
             raise PodFailed("files" if isinstance(e, RestoreFailed) else "connect", e, kid)
         self.pod, self.runner = pod, runner
+        self.registry_owner = ""  # this replica's now
         self.synced_workspace = None  # a new pod: its first cell syncs
         self.lost_reason = None
         self.stop_reason = None
@@ -382,7 +398,7 @@ class RemoteKernel(LoggingConfigurable):
             lost_reason = self.lost_reason
             if self.pod is not None:
                 await self.drop_pod()
-            await self.host.leases.take(self.kernel_id)
+            await self.host.leases.take(self.kernel_id, on_wait=self.session.tell_user)
             await self.attach(self.host.start_timeout)
             result = None
             if restore_state:
