@@ -34,23 +34,35 @@ async def model_id(kernel, code: str) -> str:
 
 async def test_ten_thousand_comm_msgs_at_once_do_not_wedge_the_kernel(kernel, base_url):
     comm_id = await model_id(kernel, "import ipywidgets as w\nw_ = w.IntText()")
+    last = None
     for i in range(10_000):
-        kernel.send(
+        last = kernel.send(
             kernel.make(
                 "comm_msg",
                 {"comm_id": comm_id, "data": {"method": "update", "state": {"value": i}}},
             )
         )
-    # The gateway's frame-rate limit (KCRWebsocketConnection.frame_burst) closes a socket
-    # that sends this much at once, with the limit in the reason.
-    await wait_for(lambda: kernel.closed.is_set(), 60, "the flooding socket closed")
-    assert kernel.ws.close_code == 1008, (kernel.ws.close_code, kernel.ws.close_reason)
-    assert "frames per second" in (kernel.ws.close_reason or "")
-    # The messages taken before the limit are handled in order; then the kernel answers.
+
+    def handled_all() -> bool:
+        return any(m["msg_type"] == "status" for m in last.iopub)
+
+    # Each is taken (in order) or refused: beyond the gateway's queue limit with a
+    # KernelQueueFull reply, and when they arrive faster than its frame-rate limit allows
+    # (KCRWebsocketConnection.frame_burst) by closing the socket with 1008 and the limit in
+    # the reason. Which happens depends on how fast this client's frames arrive, so all are
+    # accepted; a hang is not.
+    await wait_for(lambda: kernel.closed.is_set() or handled_all(), 180, "all handled or refused")
+    if kernel.closed.is_set():
+        assert kernel.ws.close_code == 1008, (kernel.ws.close_code, kernel.ws.close_reason)
+        assert "frames per second" in (kernel.ws.close_reason or "")
+    # The last message was taken (not refused with a KernelQueueFull reply): it won.
+    expected = "9999" if not kernel.closed.is_set() and last.reply is None else "True"
+    # Either way the kernel answers the next request (on a new connection).
     other = await connect(base_url, kernel.kernel_id)
     try:
-        r = await other.execute("print(isinstance(w_.value, int) and w_.value >= 0)", timeout=120)
-        assert r.stdout == "True\n", (r.content, r.stderr)
+        code = "print(w_.value)" if expected == "9999" else "print(isinstance(w_.value, int))"
+        r = await other.execute(code, timeout=120)
+        assert r.stdout == f"{expected}\n", (r.content, r.stderr)
         assert (await http(base_url, "GET", "/api")).code == 200
     finally:
         other.close()
