@@ -46,6 +46,23 @@ async def open_notebook(page, lab) -> None:
     )
     await card.click(timeout=TIMEOUT_MS)
     await wait_kernel_idle(page)
+    await kernel_settled(page)
+
+
+async def kernel_settled(page) -> None:
+    """Run a probe cell until it prints. Seen now and then on a new Lab server: the first
+    notebook's kernel is replaced right after it connects, and JupyterLab resets a cell that
+    was sent in that moment to ``[ ]`` without output; a user runs it again, so does this."""
+    from playwright.async_api import expect
+
+    for _ in range(3):
+        await run_cell(page, "print('kcr-ready')")
+        try:
+            await expect(output_area(page).last).to_contain_text("kcr-ready", timeout=15_000)
+            return
+        except AssertionError:
+            continue
+    await expect(output_area(page).last).to_contain_text("kcr-ready")
 
 
 async def turn_debugger_on(page, bug) -> None:
@@ -116,11 +133,10 @@ async def test_debugger_stops_at_a_breakpoint_and_shows_a_variable(lab_ready, pa
     await editor.click()
     await page.keyboard.insert_text("a = 40\nb = a + 2\nprint(b)")
     # A breakpoint on line 2, from the editor's breakpoint gutter.
-    gutter = page.locator(f"{NOTEBOOK} .jp-Cell .cm-breakpoint-gutter .cm-gutterElement")
+    cell = page.locator(f"{NOTEBOOK} .jp-Cell").last
+    gutter = cell.locator(".cm-breakpoint-gutter .cm-gutterElement")
     await gutter.nth(2).click()  # element 0 is the gutter's spacer
-    await expect(
-        page.locator(f"{NOTEBOOK} .jp-Cell .cm-breakpoint-gutter .cm-gutterElement > *")
-    ).to_have_count(1)
+    await expect(cell.locator(".cm-breakpoint-gutter .cm-gutterElement > *")).to_have_count(1)
     await page.screenshot(path=str(artifacts / "debugger-01-breakpoint.png"))
     await page.keyboard.press("Shift+Enter")
 
