@@ -128,16 +128,18 @@ class RunnerClient:
         content: dict,
         on_event: EventCallback | None = None,
         header: dict | None = None,
+        metadata: dict | None = None,
     ) -> dict:
         """Send ``op`` and wait for its reply frame. ``header``: the client's Jupyter header,
-        which the Python worker gives its kernel as the request's own (same msg_id)."""
+        which the Python worker gives its kernel as the request's own (same msg_id), and
+        ``metadata`` the client message's metadata (e.g. ipywidgets' protocol version)."""
         if self._ws is None or self.lost:
             raise NotDelivered("the runner channel is closed")
         request_id = str(next(self._ids))
         pending = _Pending(on_event)
         self._pending[request_id] = pending
         try:
-            await self._write(_frame(request_id, op, content, header))
+            await self._write(_frame(request_id, op, content, header, metadata))
             return await pending.future
         finally:
             self._pending.pop(request_id, None)
@@ -148,6 +150,7 @@ class RunnerClient:
         content: dict,
         on_event: EventCallback | None = None,
         header: dict | None = None,
+        metadata: dict | None = None,
     ) -> tuple[str, asyncio.Future]:
         """Like :meth:`request` but returns ``(request id, reply future)`` at once.
 
@@ -159,7 +162,7 @@ class RunnerClient:
         pending = _Pending(on_event)
         self._pending[request_id] = pending
         pending.future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
-        sent = self._write_now(_frame(request_id, op, content, header))
+        sent = self._write_now(_frame(request_id, op, content, header, metadata))
         if sent is not None:
             sent.add_done_callback(
                 lambda f: (
@@ -228,7 +231,7 @@ class RunnerClient:
                 pending.future.set_result(frame)
         elif pending.on_event is not None:
             try:
-                if "buffers" in frame:
+                if "buffers" in frame or "metadata" in frame:
                     pending.on_event(event, frame.get("content") or {}, frame)
                 else:
                     pending.on_event(event, frame.get("content") or {})
@@ -405,10 +408,14 @@ class RunnerClient:
         await self.call_json("POST", "/env", env, timeout=10.0)
 
 
-def _frame(request_id: str, op: str, content: dict, header: dict | None) -> dict:
+def _frame(
+    request_id: str, op: str, content: dict, header: dict | None, metadata: dict | None = None
+) -> dict:
     frame = {"id": request_id, "op": op, "content": content}
     if header:
         frame["header"] = header
+    if metadata:
+        frame["metadata"] = metadata
     return frame
 
 

@@ -65,8 +65,9 @@ class KernelSession:
       control requests (``interrupt_request``, ``shutdown_request``,
       ``kernel_info_request``) are answered at once, even while a cell runs.
     * Every request gets ``status: busy`` before and ``status: idle`` after
-      on iopub, with ``parent_header`` set to the request's header; every
-      reply and output carries that ``parent_header`` too.
+      on iopub, with ``parent_header`` set to the request's header (a control
+      request too while a cell runs, like ipykernel); every reply and output
+      carries that ``parent_header`` too.
     * Replies and ``input_request`` go only to the listener that sent the
       request; iopub goes to every attached listener.
     * ``stop_on_error`` (default true): an execute that fails aborts the
@@ -253,11 +254,18 @@ class KernelSession:
         return msg
 
     def publish(
-        self, msg_type: str, content: dict, parent: dict | None, buffers: list | None = None
+        self,
+        msg_type: str,
+        content: dict,
+        parent: dict | None,
+        buffers: list | None = None,
+        metadata: dict | None = None,
     ) -> None:
         msg = self.make_msg(msg_type, content, parent, "iopub")
         if buffers:
             msg["buffers"] = buffers
+        if metadata:
+            msg["metadata"] = metadata
         if msg_type in ("comm_open", "comm_close"):
             self._track_comm(msg_type, content)
         for listener in list(self.listeners):
@@ -319,7 +327,11 @@ class KernelSession:
         msg_type = msg["header"]["msg_type"]
         parent = msg["header"]
         channel = msg.get("channel") or "shell"
-        idle_now = self.idle
+        # A control request gets its own busy/idle pair even while a cell runs, as ipykernel
+        # sends it: JupyterLab's debugger waits for that idle before it takes a DAP reply (a
+        # stackTrace while a cell is paused at a breakpoint). The shell requests answered
+        # here at once (kernel_info, interrupt) get a pair only while nothing runs.
+        idle_now = self.idle or channel == "control"
         if idle_now:
             self.publish("status", {"execution_state": "busy"}, parent)
         try:
@@ -401,8 +413,15 @@ class KernelSession:
     async def debug_request(self, content: dict, parent: dict) -> dict:
         """Pass a DAP request to the kernel's debugger (ipykernel's, on its control channel:
         answered even while a cell is stopped at a breakpoint). Without a pod, or when the
-        debugger is not there, the answer is a failed DAP response that says why."""
+        debugger is not there, the answer is a failed DAP response that says why. A kernel
+        whose pod went away is first put on a new one (as a cell would be), so a front end
+        that turns the debugger on again after a move gets the new kernel's debugger."""
         try:
+            if (self.runner is None or self.runner.lost) and self.before_request is not None:
+                try:
+                    await self.before_request()
+                except Exception as e:
+                    raise RunnerError(f"the kernel has no running pod ({e})") from e
             if self.runner is None or not self.kernel_info.get("debugger"):
                 raise RunnerError("this kernel has no debugger (debugpy is not in its pod)")
             frame = await self._require_runner().request("debug_request", content, None, parent)
@@ -557,13 +576,15 @@ class KernelSession:
             elif event == "status":
                 return
             else:
-                self.publish(event, data, parent, _frame_buffers(frame))
+                self.publish(event, data, parent, _frame_buffers(frame), _frame_metadata(frame))
 
         resends = 0
         while True:
             try:
                 runner = self._require_runner()
-                request_id, future = runner.start_request("execute", content, on_event, parent)
+                request_id, future = runner.start_request(
+                    "execute", content, on_event, parent, _client_metadata(msg)
+                )
                 self._current = (listener, msg, request_id)
                 if self._interrupt_pending:
                     self._interrupt_pending = False
@@ -638,7 +659,11 @@ class KernelSession:
         try:
             runner = self._require_runner()
             _, future = runner.start_request(
-                COMM_OPS[parent["msg_type"]], content, self._event_publisher(parent), parent
+                COMM_OPS[parent["msg_type"]],
+                content,
+                self._event_publisher(parent),
+                parent,
+                _client_metadata(msg),
             )
             await future
         except RunnerError as e:
@@ -650,7 +675,7 @@ class KernelSession:
         def on_event(event: str, data: dict, frame: dict | None = None) -> None:
             if event == "status":
                 return
-            self.publish(event, data, parent, _frame_buffers(frame))
+            self.publish(event, data, parent, _frame_buffers(frame), _frame_metadata(frame))
 
         return on_event
 
@@ -686,7 +711,7 @@ class KernelSession:
         """Output not caused by a running request (a widget callback, a thread, a debugger
         event): its parent is the request the kernel names, else the last request."""
         parent = (frame or {}).get("parent") or self._last_parent
-        self.publish(event, content, parent, _frame_buffers(frame))
+        self.publish(event, content, parent, _frame_buffers(frame), _frame_metadata(frame))
 
 
 def _frame_buffers(frame: dict | None) -> list[bytes]:
@@ -700,6 +725,21 @@ def _frame_buffers(frame: dict | None) -> list[bytes]:
         except (ValueError, TypeError):
             log.warning("dropped a runner event buffer that is not base64")
     return out
+
+
+def _client_metadata(msg: dict) -> dict | None:
+    """A client message's ``metadata`` when it is a non-empty dict (the kernel sees it:
+    ipywidgets checks a front end's ``comm_open`` version there, ipykernel reads an
+    execute's ``cellId``)."""
+    metadata = msg.get("metadata")
+    return metadata if isinstance(metadata, dict) and metadata else None
+
+
+def _frame_metadata(frame: dict | None) -> dict | None:
+    """The Jupyter ``metadata`` of a runner event frame (e.g. a ``comm_open``'s widget
+    protocol version), or None when it has none."""
+    metadata = (frame or {}).get("metadata")
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _reply_type(msg_type: object) -> str:

@@ -499,10 +499,12 @@ class ChannelHandler(websocket.WebSocketHandler):
                 return self.protocol_error(request_id, "bad_content", '"code" must be a string')
             header = frame.get("header")
             header = header if isinstance(header, dict) else None
+            metadata = frame.get("metadata")
+            metadata = metadata if isinstance(metadata, dict) else None
             # The request reached the pod: a gateway that loses the pod after this ends
             # the request with KernelDied; before it, it re-sends the request to a new pod.
             self.send_text(f'{{"id": {json.dumps(request_id)}, "event": "ack"}}')
-            asyncio.ensure_future(self._request(request_id, op, content, header))
+            asyncio.ensure_future(self._request(request_id, op, content, header, metadata))
         else:
             self.protocol_error(
                 request_id,
@@ -531,7 +533,12 @@ class ChannelHandler(websocket.WebSocketHandler):
         self.send({"id": request_id, "event": "reply", "msg_type": msg_type, "content": reply})
 
     async def _request(
-        self, request_id: Any, op: str, content: dict[str, Any], header: dict | None = None
+        self,
+        request_id: Any,
+        op: str,
+        content: dict[str, Any],
+        header: dict | None = None,
+        metadata: dict | None = None,
     ) -> None:
         worker = self.state.worker
         worker_id = worker.new_id()
@@ -551,7 +558,9 @@ class ChannelHandler(websocket.WebSocketHandler):
             return self.drained()
 
         try:
-            msg_type, reply = await worker.request(worker_id, op, content, on_event, header)
+            msg_type, reply = await worker.request(
+                worker_id, op, content, on_event, header, metadata
+            )
         except WorkerDied as exc:
             error = {"ename": "KernelDied", "evalue": str(exc), "traceback": [str(exc)]}
             self.send({"id": request_id, "event": "error", "content": error})

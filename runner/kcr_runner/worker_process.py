@@ -22,9 +22,11 @@ from .worker_protocol import REPLY_TYPES, decode, encode, split_blob
 log = logging.getLogger("kcr_runner.worker")
 
 #: Called with (event, content, extra) for each event; ``extra`` holds optional frame fields
-#: (``buffers``, ``parent``) or None. It may return an awaitable: the runner then reads nothing
-#: more from the worker until it is done (back-pressure: the worker blocks).
+#: (``buffers``, ``parent``, ``metadata``) or None. It may return an awaitable: the runner then
+#: reads nothing more from the worker until it is done (back-pressure: the worker blocks).
 EventCallback = Callable[..., Awaitable[Any] | None]
+#: Optional fields of a worker event that travel on to the runner's channel.
+EXTRA_FIELDS = ("buffers", "parent", "metadata")
 
 #: How much of the worker's output the runner reads ahead: asyncio stops reading the pipe once
 #: twice this is buffered, so a worker whose output is not consumed blocks on its next write.
@@ -141,9 +143,11 @@ class WorkerProcess:
         content: dict[str, Any],
         on_event: EventCallback | None,
         header: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Queue one request; returns ``(msg_type, content)`` of its reply. ``header`` (the
-        client's Jupyter header) is passed on to workers that speak Jupyter to a kernel.
+        client's Jupyter header) and ``metadata`` (its message metadata) are passed on to
+        workers that speak Jupyter to a kernel.
 
         Raises ``WorkerDied`` when the worker is dead or dies while the request runs.
         """
@@ -170,6 +174,8 @@ class WorkerProcess:
                 message = {"type": "request", "id": request_id, "op": op, "content": content}
                 if header:
                     message["header"] = header
+                if metadata:
+                    message["metadata"] = metadata
                 await self._write(message)
                 if op == "execute" and self._deferred_interrupt is not None:
                     deferred, self._deferred_interrupt = self._deferred_interrupt, None
@@ -264,7 +270,7 @@ class WorkerProcess:
         if kind == "event":
             pending = self._pending.get(request_id) if request_id is not None else None
             event, content = message.get("event", ""), message.get("content") or {}
-            extra = {k: message[k] for k in ("buffers", "parent") if message.get(k)} or None
+            extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)} or None
             if pending is not None and pending.on_event is not None:
                 return pending.on_event(event, content, extra)
             if request_id is None:

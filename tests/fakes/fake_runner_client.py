@@ -77,7 +77,7 @@ class FakeRunnerClient(RunnerClient):
         for task in self._tasks:
             task.cancel()
 
-    def start_request(self, op: str, content: dict, on_event=None, header=None):
+    def start_request(self, op: str, content: dict, on_event=None, header=None, metadata=None):
         if self._ws is None or self.lost:
             raise RunnerGone("the runner channel is closed")
         request_id = str(next(self._ids))
@@ -88,7 +88,9 @@ class FakeRunnerClient(RunnerClient):
         task.add_done_callback(self._tasks.discard)
         return request_id, pending.future
 
-    async def request(self, op: str, content: dict, on_event=None) -> dict:
+    async def request(
+        self, op: str, content: dict, on_event=None, header=None, metadata=None
+    ) -> dict:
         _request_id, future = self.start_request(op, content, on_event)
         return await future
 

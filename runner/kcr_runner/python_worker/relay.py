@@ -152,9 +152,12 @@ class Relay:
         content: dict[str, Any],
         buffers=None,
         parent: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """One event; ``buffers`` (binary parts of a comm message) travel as base64 strings,
-        and an event of no request carries its kernel-side ``parent`` header when it has one."""
+        an event of no request carries its kernel-side ``parent`` header when it has one, and
+        the message's own ``metadata`` travels when it is not empty (ipywidgets puts its
+        protocol version there: a ``comm_open`` without it is refused by the front end)."""
         message: dict[str, Any] = {
             "type": "event",
             "id": request_id,
@@ -165,6 +168,8 @@ class Relay:
             message["buffers"] = [base64.b64encode(bytes(b)).decode() for b in buffers]
         if parent:
             message["parent"] = parent
+        if metadata:
+            message["metadata"] = metadata
         self.send(message)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -239,8 +244,9 @@ class Relay:
         content: dict[str, Any],
         parent: dict[str, Any] | None = None,
         buffers: list[bytes] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
-        sock.send_multipart(self.writer.frames(header, content, parent, buffers))
+        sock.send_multipart(self.writer.frames(header, content, parent, buffers, metadata))
         return header["msg_id"]
 
     def _recv(self, sock: zmq.Socket) -> dict[str, Any] | None:
@@ -289,6 +295,7 @@ class Relay:
             content,
             msg.get("buffers"),
             None if request_id is not None else msg.get("parent_header"),
+            msg.get("metadata"),
         )
         if pending is not None and pending.truncated and not pending.extra.get("noticed"):
             pending.extra["noticed"] = True
@@ -469,7 +476,9 @@ class Relay:
                     "execute_input",
                     {"code": code, "execution_count": self.execution_count},
                 )
-        self._send(self.shell, jheader, content, None, buffers)
+        metadata = message.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else None
+        self._send(self.shell, jheader, content, None, buffers, metadata)
 
     def on_control(self, message: dict[str, Any]) -> None:
         request_id, op = message.get("id"), message.get("op")

@@ -60,6 +60,7 @@ class Writer:
         content: dict[str, Any],
         parent: dict[str, Any] | None = None,
         buffers: list[bytes] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> list[bytes]:
         """The frames of one message (no identities: DEALER sockets)."""
         return [
@@ -67,7 +68,7 @@ class Writer:
             b"",  # signature: the connection key is empty
             _dumps(header),
             _dumps(parent or {}),
-            b"{}",
+            _dumps(metadata) if metadata else b"{}",
             _dumps(content),
             *(buffers or []),
         ]
