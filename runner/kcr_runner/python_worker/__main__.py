@@ -27,7 +27,7 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     proto_in = os.dup(0)  # os.dup() descriptors are not inherited by children
-    proto_out = os.fdopen(os.dup(1), "wb")
+    proto_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -111,7 +111,7 @@ def main() -> None:
             "kernel_info": info,
         }
     )
-    relay.flush()
+    relay.flush_all()
     relay.serve_forever()
 
 
