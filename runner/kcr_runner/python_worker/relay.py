@@ -96,9 +96,11 @@ class Relay:
         proto_in: int,
         proto_out: int,
         connection: dict[str, Any],
-        kernel_pid: int,
+        kernel_pid: int | None,
         options: dict[str, Any],
     ):
+        """``kernel_pid``: the kernel's process when it is a child to watch; ``None`` when the
+        relay is a thread of the kernel's own process (its death is the worker's death)."""
         self.proto_in = proto_in
         self.proto_out = proto_out
         self.kernel_pid = kernel_pid
@@ -127,8 +129,9 @@ class Relay:
         os.set_blocking(proto_out, False)
         self._blob_wanted: tuple[dict[str, Any], int] | None = None
         self._pidfd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self._pidfd = os.pidfd_open(kernel_pid)
+        if kernel_pid is not None:
+            with contextlib.suppress(AttributeError, OSError):
+                self._pidfd = os.pidfd_open(kernel_pid)
 
     def _socket(self, kind: int, url: str, ident: bytes | None, hwm: int = 0) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -272,14 +275,14 @@ class Relay:
                 self._drain(self.stdin, self.on_stdin)
             if self.proto_in in events:
                 self.read_runner()
-            if self._pidfd is None or self._pidfd in events:
+            if self.kernel_pid is not None and (self._pidfd is None or self._pidfd in events):
                 self._check_kernel_alive()
             self._expire_idle_without_reply()
             self.flush()
 
     def _next_timeout(self) -> int | None:
         waits = [p.idle_at + REPLY_GRACE for p in self.pending.values() if p.idle and not p.reply]
-        if self._pidfd is None:
+        if self.kernel_pid is not None and self._pidfd is None:
             waits.append(time.monotonic() + 0.5)
         if not waits:
             return None
@@ -567,6 +570,8 @@ class Relay:
 
     # -- the kernel's life ---------------------------------------------------------------------
     def _check_kernel_alive(self) -> None:
+        if self.kernel_pid is None:
+            return  # in-process: nothing to watch
         try:
             pid, status = os.waitpid(self.kernel_pid, os.WNOHANG)
         except ChildProcessError:
@@ -591,8 +596,9 @@ class Relay:
         os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
     def stop_kernel_and_exit(self, code: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.kernel_pid, signal.SIGKILL)
+        if self.kernel_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.kernel_pid, signal.SIGKILL)
         os._exit(code)
 
 
