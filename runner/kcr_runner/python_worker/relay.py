@@ -2,7 +2,8 @@
 
 The runner never touches the kernel's sockets: they are ``ipc`` files in a private folder of the
 sandbox's /tmp, which user code controls. The relay lives inside the sandbox with the kernel,
-is the kernel's parent and its only client, and does four jobs:
+as a thread of the kernel's own process (``kernel_pid=None``, see :mod:`.__main__`) or as its
+parent process (``kernel_pid``: the child to watch), is its only client, and does these jobs:
 
 * requests: each runner request becomes one Jupyter message (``execute`` ->
   ``execute_request`` on shell, ``debug_request`` on control, ...); the relay remembers which
@@ -19,8 +20,9 @@ is the kernel's parent and its only client, and does four jobs:
   :data:`OUT_HIGH_WATER` bytes wait for the runner, the relay stops reading the kernel's iopub
   (whose queue is bounded and blocks the kernel's output, see :mod:`.iopub`) but keeps serving
   interrupts, control and stdin.
-* death: when the kernel dies, the relay dies the same way (same signal or exit code), so the
-  runner reports "the kernel process died (killed by signal SIGKILL ...)" exactly as before.
+* death (parent-process mode only): when the kernel dies, the relay dies the same way (same
+  signal or exit code), so the runner reports "the kernel process died (killed by signal
+  SIGKILL ...)"; in-process, the kernel's death is the worker's own.
 """
 
 from __future__ import annotations
