@@ -6,7 +6,7 @@ own) that carries messages between the runner's pipes and the kernel's ZMQ socke
 files in a fresh 0700 folder of the sandbox's private /tmp, which only this process opens.
 
 One process instead of a relay process with the kernel as its child: one hop less per
-message (latency) and about 30 MB less per pod. The worker's death is the kernel's death,
+message (latency) and about 20 MB less per pod. The worker's death is the kernel's death,
 seen by the runner directly (exit status or signal); the relay thread ends the process when
 the runner closes the pipe.
 """
