@@ -2,7 +2,9 @@
 
 Starts a real ``kcr-runner`` on 127.0.0.1, then measures over its /channel WebSocket:
 
-* the round trip of ``1+1`` (send execute -> reply received), p50 / p99 / mean over N executes;
+* the round trip of ``1+1`` (send execute -> reply received), p50 / p99 / mean over N executes,
+  and the CPU time per execute of the runner and of its worker process(es) (psutil; less
+  sensitive to other load on the machine than the wall times);
 * the throughput of a cell printing 100,000 lines (wall time until the reply, lines/s, MB/s,
   and how many ``stream`` frames carried them).
 """
@@ -20,6 +22,7 @@ import tempfile
 import time
 import uuid
 
+import psutil
 import websockets
 
 
@@ -44,17 +47,27 @@ async def execute(ws, code: str) -> list[dict]:
             return frames
 
 
-async def run(port: int, token: str, executes: int, lines: int) -> None:
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def run(port: int, token: str, executes: int, lines: int, pid: int) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     url = f"ws://127.0.0.1:{port}/channel"
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
         for _ in range(20):  # warm up
             await execute(ws, "1+1")
+        runner = psutil.Process(pid)
+        workers = runner.children(recursive=True)
+        cpu_before = [cpu_seconds(p) for p in (runner, *workers)]
         samples = []
         for _ in range(executes):
             start = time.perf_counter()
             await execute(ws, "1+1")
             samples.append((time.perf_counter() - start) * 1000)
+        cpu_after = [cpu_seconds(p) for p in (runner, *workers)]
+        cpu_ms = [(a - b) * 1000 / executes for a, b in zip(cpu_after, cpu_before, strict=True)]
         samples.sort()
         p50 = statistics.median(samples)
         p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
@@ -72,6 +85,9 @@ async def run(port: int, token: str, executes: int, lines: int) -> None:
     print(f"{'1+1 round trip p99 (ms)':<36}{p99:>14.2f}")
     print(f"{'1+1 round trip mean (ms)':<36}{statistics.fmean(samples):>14.2f}")
     print(f"{'executes measured':<36}{executes:>14}")
+    print(f"{'1+1 CPU ms per execute: runner':<36}{cpu_ms[0]:>14.2f}")
+    print(f"{'1+1 CPU ms per execute: worker':<36}{sum(cpu_ms[1:]):>14.2f}")
+    print(f"{'worker processes':<36}{len(workers):>14}")
     print(f"{f'print {lines} lines: wall (s)':<36}{elapsed:>14.3f}")
     print(f"{'print lines: lines/s':<36}{lines / elapsed:>14.0f}")
     print(f"{'print lines: MB/s':<36}{len(text) / elapsed / 1e6:>14.2f}")
@@ -87,7 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kcr-bench-") as workspace:
         proc, port = start_runner(workspace, token)
         try:
-            asyncio.run(run(port, token, args.executes, args.lines))
+            asyncio.run(run(port, token, args.executes, args.lines, proc.pid))
         finally:
             proc.terminate()
             proc.wait(10)

@@ -42,9 +42,18 @@ ALREADY_SO = ("--HistoryManager.hist_file=:memory:",)
 CONNECTION_FILE_OPTIONS = ("--f", "--IPKernelApp.connection_file", "--connection_file")
 
 
+#: ipykernel settings its launchers give through the environment that change what the client
+#: sees; passed on like ``KERNEL_*``. nbclient sets ``IPYKERNEL_CELL_NAME`` so that tracebacks
+#: name a cell's file the same on every run (ipykernel's ``compiler.get_file_name``).
+IPYKERNEL_ENV = ("IPYKERNEL_CELL_NAME",)
+
+
 def kernel_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
-    """The ``KERNEL_*`` variables of ``environ`` (passed on to the remote kernel)."""
-    return {k: v for k, v in environ.items() if k.startswith(KERNEL_ENV_PREFIX)}
+    """The ``KERNEL_*`` variables of ``environ`` and :data:`IPYKERNEL_ENV` (passed on to the
+    remote kernel)."""
+    return {
+        k: v for k, v in environ.items() if k.startswith(KERNEL_ENV_PREFIX) or k in IPYKERNEL_ENV
+    }
 
 
 @dataclass

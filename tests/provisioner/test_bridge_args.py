@@ -64,3 +64,21 @@ def test_kernel_starts_with_ipykernel_arguments(kcr_spec, jp_start_kernel, run, 
     assert notes == [
         "[kcr] ignoring kernel arguments kcr kernels do not take: --Foo.bar=1 --matplotlib=inline"
     ]
+
+
+@pytest.mark.parametrize("mode", ["local"])
+def test_ipykernel_cell_name_reaches_the_kernel(kcr_spec, jp_start_kernel, run, monkeypatch):
+    # nbclient sets it so that a cell's file name (what tracebacks show) is the same on
+    # every run; ipykernel's compiler reads it for every cell.
+    monkeypatch.setenv("IPYKERNEL_CELL_NAME", "<IPY-INPUT>")
+    _km, kc = run(jp_start_kernel(kcr_spec))
+    out = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    code = "import sys\nprint(sys._getframe().f_code.co_filename)"
+    reply = run(kc.execute_interactive(code, timeout=30, output_hook=hook))
+    assert reply["content"]["status"] == "ok"
+    assert "".join(out).strip() == "<IPY-INPUT>"

@@ -31,12 +31,29 @@ import sys
 import threading
 from typing import Any
 
+import zmq
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
-from traitlets import Float
+from traitlets import DottedObjectName, Float
 
 from .. import __version__
-from . import state
+from . import iopub, state
+
+
+class _NoShellChannelThread:
+    """Stands in for ipykernel 7's shell-channel thread, which kcr turns off.
+
+    That thread only receives shell messages and hands them to the main thread (for kernel
+    subshells, which the gateway does not route): two thread hops per request. This stand-in is
+    falsy, so ipykernel takes its documented single-thread path (shell messages on the main
+    thread's loop), and names the main thread as ``parent_thread``, where ipykernel's code for
+    top-level ``await`` cells looks for it.
+    """
+
+    parent_thread = threading.main_thread()
+
+    def __bool__(self) -> bool:
+        return False
 
 
 class KCRKernel(IPythonKernel):
@@ -47,6 +64,10 @@ class KCRKernel(IPythonKernel):
     # ipykernel sleeps 0.5 ms before each execute_reply so iopub output tends to arrive first;
     # the relay already holds every reply until the kernel's iopub idle, so no sleep is needed.
     _execute_sleep = Float(0.0).tag(config=True)
+
+    @property
+    def _supports_kernel_subshells(self) -> bool:
+        return False  # no shell-channel thread (see _NoShellChannelThread)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -61,6 +82,14 @@ class KCRKernel(IPythonKernel):
         # IPython's own hook for exception display: an interrupt's traceback ends in the
         # user's code, not in this kernel's SIGINT handler.
         self.shell.set_custom_exc((KeyboardInterrupt, TimeoutError), _interrupt_traceback)
+        # exit() in a cell: ipykernel answers with an ask_exit payload and stops its process
+        # 0.1 s later, for jupyter_client's restarter to start a new one. A pod has no
+        # restarter (the gateway replaces pods), so the kernel answers the same and stays.
+        self.shell.ask_exit = self._kcr_ask_exit
+
+    def _kcr_ask_exit(self) -> None:
+        keep = self.shell.keepkernel_on_exit
+        self.shell.payload_manager.write_payload({"source": "ask_exit", "keepkernel": keep})
 
     # -- kernel_info ------------------------------------------------------------------------
     @property
@@ -188,6 +217,25 @@ class KCRKernelApp(IPKernelApp):
     """``IPKernelApp`` running :class:`KCRKernel` (its name stays ``IPKernelApp`` in config)."""
 
     name = "ipython-kernel"
+    outstream_class = DottedObjectName("kcr_runner.python_worker.iopub.KCROutStream").tag(
+        config=True
+    )
+
+    def init_control(self, context) -> None:
+        super().init_control(context)
+        if getattr(self, "shell_channel_thread", None) is not None:
+            self.shell_channel_thread = _NoShellChannelThread()
+
+    def init_iopub(self, context) -> None:
+        # Stock IPKernelApp.init_iopub with a bounded, non-dropping queue (see .iopub).
+        self.iopub_socket = context.socket(zmq.XPUB)
+        self.iopub_socket.linger = 1000
+        iopub.configure_socket(self.iopub_socket)
+        self.iopub_port = self._bind_socket(self.iopub_socket, self.iopub_port)
+        self.configure_tornado_logger()
+        self.iopub_thread = iopub.KCRIOPubThread(self.iopub_socket, pipe=True, session=self.session)
+        self.iopub_thread.start()
+        self.iopub_socket = self.iopub_thread.background_socket
 
     def init_signal(self) -> None:
         # As stock: SIGINT is ignored between requests; KCRKernel raises it during a cell.

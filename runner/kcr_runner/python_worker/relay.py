@@ -2,7 +2,8 @@
 
 The runner never touches the kernel's sockets: they are ``ipc`` files in a private folder of the
 sandbox's /tmp, which user code controls. The relay lives inside the sandbox with the kernel,
-is the kernel's parent and its only client, and does four jobs:
+as a thread of the kernel's own process (``kernel_pid=None``, see :mod:`.__main__`) or as its
+parent process (``kernel_pid``: the child to watch), is its only client, and does these jobs:
 
 * requests: each runner request becomes one Jupyter message (``execute`` ->
   ``execute_request`` on shell, ``debug_request`` on control, ...); the relay remembers which
@@ -15,21 +16,27 @@ is the kernel's parent and its only client, and does four jobs:
 * interrupts: a runner ``interrupt`` becomes ``kcr_interrupt_request`` naming the execute in
   flight; the kernel interrupts it, or marks it to end before running (never lost).
 * output caps: stream text beyond ``max_output_bytes`` per cell is dropped after one notice.
-* death: when the kernel dies, the relay dies the same way (same signal or exit code), so the
-  runner reports "the kernel process died (killed by signal SIGKILL ...)" exactly as before.
+* back-pressure: the pipe to the runner is non-blocking; while more than
+  :data:`OUT_HIGH_WATER` bytes wait for the runner, the relay stops reading the kernel's iopub
+  (whose queue is bounded and blocks the kernel's output, see :mod:`.iopub`) but keeps serving
+  interrupts, control and stdin.
+* death (parent-process mode only): when the kernel dies, the relay dies the same way (same
+  signal or exit code), so the runner reports "the kernel process died (killed by signal
+  SIGKILL ...)"; in-process, the kernel's death is the worker's own.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import resource
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import zmq
 
@@ -57,6 +64,14 @@ NO_REPLY_OPS = frozenset({"comm_open", "comm_msg", "comm_close"})
 CONTROL_OPS = {"set_env": "kcr_set_env_request", "debug_request": "debug_request"}
 #: How long a request whose kernel said idle may still wait for its reply on the shell socket.
 REPLY_GRACE = 2.0
+#: Bytes waiting to be written to the runner above which the relay stops reading iopub.
+OUT_HIGH_WATER = 1024 * 1024
+#: iopub messages queued in the relay's SUB socket before the kernel's side fills up.
+IOPUB_RCVHWM = 16
+#: iopub messages handled per loop turn (so a flood cannot starve interrupts and replies).
+IOPUB_BATCH = 64
+#: iopub messages whose content is only passed on: forwarded as the kernel's JSON bytes.
+_INSPECTED = frozenset({"status", "iopub_welcome", "execute_input", "stream"})
 
 
 @dataclass
@@ -81,11 +96,13 @@ class Relay:
     def __init__(
         self,
         proto_in: int,
-        proto_out: BinaryIO,
+        proto_out: int,
         connection: dict[str, Any],
-        kernel_pid: int,
+        kernel_pid: int | None,
         options: dict[str, Any],
     ):
+        """``kernel_pid``: the kernel's process when it is a child to watch; ``None`` when the
+        relay is a thread of the kernel's own process (its death is the worker's death)."""
         self.proto_in = proto_in
         self.proto_out = proto_out
         self.kernel_pid = kernel_pid
@@ -104,20 +121,24 @@ class Relay:
         self.shell = self._socket(zmq.DEALER, url(connection["shell_port"]), ident)
         self.control = self._socket(zmq.DEALER, url(connection["control_port"]), ident)
         self.stdin = self._socket(zmq.DEALER, url(connection["stdin_port"]), ident)
-        self.iopub = self._socket(zmq.SUB, url(connection["iopub_port"]), None)
+        self.iopub = self._socket(zmq.SUB, url(connection["iopub_port"]), None, IOPUB_RCVHWM)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.pending: dict[str, Pending] = {}  # Jupyter msg_id -> request
         self.execute_msg_id: str | None = None  # the execute in flight
         self.execution_count = 0
         self._inbuf = bytearray()
-        self._out: list[bytes] = []
+        self._out = bytearray()  # bytes for the runner not yet written (non-blocking pipe)
+        os.set_blocking(proto_out, False)
         self._blob_wanted: tuple[dict[str, Any], int] | None = None
         self._pidfd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self._pidfd = os.pidfd_open(kernel_pid)
+        if kernel_pid is not None:
+            with contextlib.suppress(AttributeError, OSError):
+                self._pidfd = os.pidfd_open(kernel_pid)
 
-    def _socket(self, kind: int, url: str, ident: bytes | None) -> zmq.Socket:
+    def _socket(self, kind: int, url: str, ident: bytes | None, hwm: int = 0) -> zmq.Socket:
         sock = self.context.socket(kind)
+        if hwm:
+            sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the kernel binds a moment after we connect
         if ident is not None:
@@ -130,20 +151,30 @@ class Relay:
         """Queue one message for the runner; :meth:`flush` writes what the loop turn queued in
         one go (fewer wake-ups for the runner when a cell's outputs come in a burst)."""
         message, blob = split_blob(message)
-        self._out.append(encode(message))
+        self._out += encode(message)
         if blob is not None:
-            self._out.append(blob)
+            self._out += blob
 
     def flush(self) -> None:
-        if not self._out:
-            return
-        data, self._out = self._out, []
+        """Write what the pipe takes now; the rest waits for the pipe to be writable."""
+        while self._out:
+            try:
+                written = os.write(self.proto_out, self._out)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:  # the runner is gone
+                self.stop_kernel_and_exit(0)
+            del self._out[:written]
+
+    def flush_all(self) -> None:
+        """Write everything queued, waiting for the pipe (at start-up and before dying)."""
+        os.set_blocking(self.proto_out, True)
         try:
-            for chunk in data:
-                self.proto_out.write(chunk)
-            self.proto_out.flush()
-        except (BrokenPipeError, ValueError):
-            self.stop_kernel_and_exit(0)
+            self.flush()
+        finally:
+            os.set_blocking(self.proto_out, False)
 
     def event(
         self,
@@ -171,6 +202,25 @@ class Relay:
         if metadata:
             message["metadata"] = metadata
         self.send(message)
+
+    def raw_event(
+        self,
+        request_id: str | None,
+        event: str,
+        content: bytes,
+        buffers=None,
+        parent: dict[str, Any] | None = None,
+    ) -> None:
+        """:meth:`event` with ``content`` already JSON (the kernel's bytes, one line): a
+        display or result is passed on without being parsed and encoded again."""
+        head = encode({"type": "event", "id": request_id, "event": event})[:-2]
+        tail = b""
+        if buffers:
+            encoded = [base64.b64encode(bytes(b)).decode() for b in buffers]
+            tail += b',"buffers":' + encode(encoded)[:-1]
+        if parent:
+            tail += b',"parent":' + encode(parent)[:-1]
+        self._out += head + b',"content":' + content + tail + b"}\n"
 
     # -- start-up ------------------------------------------------------------------------------
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
@@ -210,12 +260,20 @@ class Relay:
         poller.register(self.proto_in, zmq.POLLIN)
         if self._pidfd is not None:
             poller.register(self._pidfd, zmq.POLLIN)
+        reading_iopub, writing = True, False
         while True:
+            # Back-pressure: no iopub reading while the runner has not taken our output.
+            if reading_iopub != (len(self._out) < OUT_HIGH_WATER):
+                reading_iopub = not reading_iopub
+                poller.register(self.iopub, zmq.POLLIN if reading_iopub else 0)
+            if writing != bool(self._out):
+                writing = not writing
+                poller.register(self.proto_out, zmq.POLLOUT if writing else 0)
             timeout = self._next_timeout()
             events = dict(poller.poll(timeout))
             # iopub first: outputs of a request are sent before its reply.
             if self.iopub in events:
-                self._drain(self.iopub, self.on_iopub)
+                self._drain(self.iopub, self.on_iopub, IOPUB_BATCH)
             if self.shell in events:
                 self._drain(self.shell, self.on_shell_reply)
             if self.control in events:
@@ -224,14 +282,14 @@ class Relay:
                 self._drain(self.stdin, self.on_stdin)
             if self.proto_in in events:
                 self.read_runner()
-            if self._pidfd is None or self._pidfd in events:
+            if self.kernel_pid is not None and (self._pidfd is None or self._pidfd in events):
                 self._check_kernel_alive()
             self._expire_idle_without_reply()
             self.flush()
 
     def _next_timeout(self) -> int | None:
         waits = [p.idle_at + REPLY_GRACE for p in self.pending.values() if p.idle and not p.reply]
-        if self._pidfd is None:
+        if self.kernel_pid is not None and self._pidfd is None:
             waits.append(time.monotonic() + 0.5)
         if not waits:
             return None
@@ -249,31 +307,43 @@ class Relay:
         sock.send_multipart(self.writer.frames(header, content, parent, buffers, metadata))
         return header["msg_id"]
 
-    def _recv(self, sock: zmq.Socket) -> dict[str, Any] | None:
+    def _recv(self, sock: zmq.Socket, lazy: bool = False) -> dict[str, Any] | None:
         """One message if one is waiting (None otherwise); a malformed one is logged and
-        skipped."""
-        while True:
+        skipped. ``lazy``: the content stays JSON bytes (:func:`wire.parse_lazy`)."""
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # no zmq.Again exception per drain
+            frames = sock.recv_multipart(zmq.NOBLOCK)
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-            try:
-                return wire.parse(frames)
+                return wire.parse_lazy(frames) if lazy else wire.parse(frames)
             except (ValueError, UnicodeDecodeError) as exc:
                 print(f"kcr relay: bad kernel message ignored: {exc}", file=sys.stderr)
+        return None
 
-    def _drain(self, sock: zmq.Socket, handler) -> None:
-        while (msg := self._recv(sock)) is not None:
+    def _drain(self, sock: zmq.Socket, handler, limit: int = 0) -> None:
+        lazy = sock is self.iopub
+        count = 0
+        while (msg := self._recv(sock, lazy)) is not None:
             handler(msg)
+            count += 1
+            if limit and (count >= limit or len(self._out) >= OUT_HIGH_WATER):
+                return
 
     # -- from the kernel ---------------------------------------------------------------------
     def _pending_for(self, msg: dict[str, Any]) -> Pending | None:
         return self.pending.get(msg["parent_header"].get("msg_id"))
 
     def on_iopub(self, msg: dict[str, Any]) -> None:
+        """One iopub message; its ``content`` may still be JSON bytes (:func:`wire.parse_lazy`)."""
         msg_type = msg["header"]["msg_type"]
         content = msg["content"]
         pending = self._pending_for(msg)
+        if isinstance(content, (bytes, bytearray, memoryview)):
+            if msg_type not in _INSPECTED:
+                ours = pending is not None and not pending.control
+                request_id = pending.request_id if ours else None
+                parent = None if request_id is not None else msg.get("parent_header")
+                self.raw_event(request_id, msg_type, bytes(content), msg.get("buffers"), parent)
+                return
+            content = json.loads(content)
         if msg_type == "status":
             if pending is not None and content.get("execution_state") == "idle":
                 pending.idle = True
@@ -511,6 +581,8 @@ class Relay:
 
     # -- the kernel's life ---------------------------------------------------------------------
     def _check_kernel_alive(self) -> None:
+        if self.kernel_pid is None:
+            return  # in-process: nothing to watch
         try:
             pid, status = os.waitpid(self.kernel_pid, os.WNOHANG)
         except ChildProcessError:
@@ -524,7 +596,7 @@ class Relay:
 
     def die_like(self, status: int) -> None:
         with contextlib.suppress(Exception):
-            self.flush()
+            self.flush_all()
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             with contextlib.suppress(Exception):
@@ -535,8 +607,9 @@ class Relay:
         os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
     def stop_kernel_and_exit(self, code: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.kernel_pid, signal.SIGKILL)
+        if self.kernel_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.kernel_pid, signal.SIGKILL)
         os._exit(code)
 
 

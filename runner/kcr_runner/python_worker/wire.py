@@ -21,6 +21,14 @@ PROTOCOL_VERSION = "5.3"
 
 def parse(frames: list[bytes]) -> dict[str, Any]:
     """One message from its frames; raises ``ValueError`` on a malformed one."""
+    msg = parse_lazy(frames)
+    msg["content"] = json.loads(msg["content"])
+    return msg
+
+
+def parse_lazy(frames: list[bytes]) -> dict[str, Any]:
+    """:func:`parse` leaving ``content`` as the message's JSON bytes (and the metadata out):
+    the relay passes most contents on without reading them."""
     try:
         start = frames.index(DELIM) + 2
     except ValueError:
@@ -30,8 +38,7 @@ def parse(frames: list[bytes]) -> dict[str, Any]:
     return {
         "header": json.loads(frames[start]),
         "parent_header": json.loads(frames[start + 1]),
-        "metadata": json.loads(frames[start + 2]),
-        "content": json.loads(frames[start + 3]),
+        "content": frames[start + 3],
         "buffers": frames[start + 4 :],
     }
 
