@@ -210,9 +210,11 @@ class Relay:
         content: bytes,
         buffers=None,
         parent: dict[str, Any] | None = None,
+        metadata: bytes | None = None,
     ) -> None:
-        """:meth:`event` with ``content`` already JSON (the kernel's bytes, one line): a
-        display or result is passed on without being parsed and encoded again."""
+        """:meth:`event` with ``content`` (and ``metadata``) already JSON (the kernel's
+        bytes, one line): a display, result or comm message is passed on without being
+        parsed and encoded again."""
         head = encode({"type": "event", "id": request_id, "event": event})[:-2]
         tail = b""
         if buffers:
@@ -220,6 +222,8 @@ class Relay:
             tail += b',"buffers":' + encode(encoded)[:-1]
         if parent:
             tail += b',"parent":' + encode(parent)[:-1]
+        if metadata:
+            tail += b',"metadata":' + bytes(metadata)
         self._out += head + b',"content":' + content + tail + b"}\n"
 
     # -- start-up ------------------------------------------------------------------------------
@@ -341,9 +345,18 @@ class Relay:
                 ours = pending is not None and not pending.control
                 request_id = pending.request_id if ours else None
                 parent = None if request_id is not None else msg.get("parent_header")
-                self.raw_event(request_id, msg_type, bytes(content), msg.get("buffers"), parent)
+                self.raw_event(
+                    request_id,
+                    msg_type,
+                    bytes(content),
+                    msg.get("buffers"),
+                    parent,
+                    msg.get("metadata"),
+                )
                 return
             content = json.loads(content)
+            if isinstance(msg.get("metadata"), (bytes, bytearray, memoryview)):
+                msg["metadata"] = json.loads(msg["metadata"])
         if msg_type == "status":
             if pending is not None and content.get("execution_state") == "idle":
                 pending.idle = True

@@ -27,8 +27,8 @@ def parse(frames: list[bytes]) -> dict[str, Any]:
 
 
 def parse_lazy(frames: list[bytes]) -> dict[str, Any]:
-    """:func:`parse` leaving ``content`` as the message's JSON bytes (and the metadata out):
-    the relay passes most contents on without reading them."""
+    """:func:`parse` leaving ``content`` and ``metadata`` as the message's JSON bytes: the
+    relay passes most of them on without reading them (``metadata`` is ``None`` when empty)."""
     try:
         start = frames.index(DELIM) + 2
     except ValueError:
@@ -38,6 +38,7 @@ def parse_lazy(frames: list[bytes]) -> dict[str, Any]:
     return {
         "header": json.loads(frames[start]),
         "parent_header": json.loads(frames[start + 1]),
+        "metadata": None if frames[start + 2] in (b"{}", b"") else frames[start + 2],
         "content": frames[start + 3],
         "buffers": frames[start + 4 :],
     }
