@@ -178,7 +178,11 @@ class KCRGateway(JupyterApp):
         "else per KERNEL_USERNAME.",
     )
     env_whitelist = List(
-        Unicode(), config=True, help="Env names besides KERNEL_* a start request may set."
+        Unicode(),
+        # ipykernel's name for a cell in tracebacks (nbclient sets it; harmless to pass)
+        default_value=["IPYKERNEL_CELL_NAME"],
+        config=True,
+        help="Env names besides KERNEL_* a start request may set.",
     )
     default_kernel_name = Unicode("kcr-python", config=True, help="Kernelspec used by default.")
 
