@@ -91,6 +91,9 @@ async def test_state_and_files_persist_in_a_session(base):
     assert ID.match(first["files"][0]["id"])
     sid = first["session_id"]
     second = await execute(base, "print(x + 1, open('a.txt').read())", session_id=sid)
+    # the size of the session's last checkpoint, once one was saved after the first call
+    state_size = second.pop("state_size", 1)
+    assert isinstance(state_size, int) and state_size > 0
     assert second == {
         "session_id": sid,
         "stdout": "42 A\n",

@@ -288,6 +288,9 @@ class CodeSessions:
         }
         if language in STATEFUL:
             answer["has_state"] = True
+            # The last saved checkpoint (taken after a call, so as of an earlier call).
+            if kernel.state_size is not None:
+                answer["state_size"] = kernel.state_size
         if result.timed_out:
             answer["error"] = "timeout"
         return answer

@@ -87,6 +87,7 @@ class KCRCheckpointer(LoggingConfigurable):
             metrics.CHECKPOINTS.labels(outcome="failed").inc()
         else:
             kernel.last_checkpoint = time.time()
+            kernel.state_size = result.size
             metrics.CHECKPOINTS.labels(outcome="saved").inc()
             metrics.CHECKPOINT_BYTES.observe(result.size)
             self.log.debug(

@@ -142,6 +142,7 @@ class RemoteKernel(LoggingConfigurable):
         #: the runner's workspace fingerprint after the last cell (None: not known); the
         #: code API diffs files by it and the files listing reports it as its `version`
         self.workspace_fingerprint: str | None = None
+        self.state_size: int | None = None  # bytes of the last checkpoint this replica saved
         self.tasks = TaskOwner(f"kernel {self.kernel_id}", self.log)
         self.files = KernelFileSaver(self, host.file_saver)
         #: files whose last change never reached the store before the kernel's pod went
