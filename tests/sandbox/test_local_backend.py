@@ -75,8 +75,9 @@ async def test_ready_timeout_cleans_up(make_backend):
     )
     pod = await backend.create("python")
     proc = pod.meta["process"]
-    with pytest.raises(PodStartError, match=r"not ready after 0.5 s(.|\n)*hanging on purpose"):
-        await backend.wait_ready(pod, 0.5)
+    # 3 s: long enough for the fake runner's interpreter to start and print on a busy machine
+    with pytest.raises(PodStartError, match=r"not ready after 3 s(.|\n)*hanging on purpose"):
+        await backend.wait_ready(pod, 3)
     assert proc.returncode is not None
     assert await backend.list() == []
 
