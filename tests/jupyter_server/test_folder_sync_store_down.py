@@ -1,7 +1,7 @@
 """Folder sync while the gateway's file store (S3) is down: a clear notice, no file lost.
 
 A real ``kcr-gateway`` whose file store is moto's S3 server behind a
-:class:`~tests.fakes.switchable_proxy.SwitchableTCPProxyDouble` (refused = the store is
+:class:`~tests.fakes.fault_proxy.FaultProxyDouble` (mode ``refuse`` = the store is
 down), and a real Jupyter Server with the extension. While the store refuses, a file added
 to the notebook's folder and a file the cell writes cannot move: the cell still runs, its
 output says once what is wrong, and both files arrive on the other side once the store is
@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.fakes.switchable_proxy import SwitchableTCPProxyDouble
+from tests.fakes.fault_proxy import FaultProxyDouble
 from tests.jupyter_server.client import ServerAPI
 from tests.jupyter_server.conftest import GATEWAY_TOKEN, SERVER_TOKEN
 from tests.jupyter_server.servers import GatewayProcess, JupyterServerProcess
@@ -36,9 +36,9 @@ class S3GatewayProcess(GatewayProcess):
 
 @pytest.fixture(scope="module")
 def proxy(s3_server):
-    proxy = SwitchableTCPProxyDouble("127.0.0.1", s3_server.port).start()
+    proxy = FaultProxyDouble("127.0.0.1", s3_server.port).start()
     yield proxy
-    proxy.close()
+    proxy.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ async def test_store_down_tells_once_and_loses_no_file(jupyter, proxy):
     nb = Notebook(api, folder, jupyter.root_dir)
     async with nb:
         assert (await nb.run("print(open('a.txt').read())")).stdout == "a\n"
-        proxy.refuse()
+        proxy.mode = "refuse"
         try:
             (folder / "b.txt").write_text("uploaded while down")
             run = await nb.run("open('k.txt', 'w').write('written while down'); print('ran')")
@@ -87,7 +87,7 @@ async def test_store_down_tells_once_and_loses_no_file(jupyter, proxy):
             run = await nb.run("print('still down')")
             assert "are not in sync" not in nb.stderr(run)  # told once per outage
         finally:
-            proxy.restore()
+            proxy.mode = "pass"
         run = await nb.run("print(open('b.txt').read())")
         assert run.stdout == "uploaded while down\n"
         assert "in sync again" in nb.stderr(run)
