@@ -9,6 +9,10 @@
 * :meth:`checkpoint` saves now if code ran since the last save (``kernel.dirty``);
   a failure is logged, counted in the metrics and told to the user on stderr
   (unless ``quiet``), and the kernel stays dirty so the next try saves it.
+* A scheduled checkpoint that fails is tried again by itself, after ``retry_delay``
+  seconds doubling up to ``retry_max_delay`` (a kernel whose store was down is saved
+  once the store is back, without waiting for another cell); the user is told once
+  when it fails and once when its state is saved again.
 * :meth:`restore` puts the last saved namespace into the kernel's (new) runner.
 """
 
@@ -39,16 +43,27 @@ class KCRCheckpointer(LoggingConfigurable):
         1.0, config=True, help="Idle seconds after a cell before its state is checkpointed."
     )
 
+    retry_delay = Float(
+        2.0,
+        config=True,
+        help="Seconds before a failed checkpoint is tried again (doubling each time).",
+    )
+    retry_max_delay = Float(
+        60.0, config=True, help="The longest wait between two tries of a failed checkpoint."
+    )
+
     def __init__(self, **kw):
         super().__init__(**kw)
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._failures: dict[str, int] = {}  # kernel id -> failed tries in a row
         self.tasks = TaskOwner("checkpointer", self.log)
 
-    def schedule(self, kernel: RemoteKernel) -> None:
-        """Checkpoint ``kernel`` once it has been idle for ``checkpoint_delay``."""
+    def schedule(self, kernel: RemoteKernel, delay: float | None = None) -> None:
+        """Checkpoint ``kernel`` once it has been idle for ``checkpoint_delay`` (or
+        ``delay``) seconds."""
         self.cancel(kernel)
         self._timers[kernel.kernel_id] = asyncio.get_running_loop().call_later(
-            self.checkpoint_delay,
+            self.checkpoint_delay if delay is None else delay,
             lambda: self.tasks.spawn(
                 self._checkpoint_if_idle(kernel), f"checkpoint {kernel.kernel_id}"
             ),
@@ -62,8 +77,20 @@ class KCRCheckpointer(LoggingConfigurable):
 
     async def _checkpoint_if_idle(self, kernel: RemoteKernel) -> None:
         self._timers.pop(kernel.kernel_id, None)
-        if kernel.dirty and kernel.attached and kernel.session.idle:
-            await self.checkpoint(kernel)
+        if not (kernel.dirty and kernel.attached and kernel.session.idle):
+            return
+        kernel_id = kernel.kernel_id
+        result = await self.checkpoint(kernel, quiet=kernel_id in self._failures)
+        if result is None:
+            return
+        if not result.saved:
+            tries = self._failures[kernel_id] = self._failures.get(kernel_id, 0) + 1
+            delay = min(self.retry_delay * 2 ** (tries - 1), self.retry_max_delay)
+            self.schedule(kernel, delay)
+        elif self._failures.pop(kernel_id, None):
+            kernel.session.tell_user(
+                "[kcr] The state store is back: this kernel's state is saved.\n"
+            )
 
     async def checkpoint(self, kernel: RemoteKernel, quiet: bool = False):
         """Save the kernel's namespace; warn the user on stderr when that fails."""
