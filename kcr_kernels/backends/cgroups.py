@@ -18,7 +18,8 @@ cgroups and creates one per pod:
 **CPU** (``cpu_weight``): every pod is one scheduling group of equal weight, so a kernel that
 keeps three processes busy gets the CPU share of one kernel, and the kernels beside it (and
 the gateway) still get theirs at once when they wake. The ``kcr`` parent is given the weight
-of all its pods together (so pods as a whole weigh against other processes as before). On
+of its live pods, at most one per CPU (so busy kernels, however many, never starve the
+gateway). On
 v1 the group lives in the ``cpu``
 hierarchy and the pod's *runner* joins it (the worker inherits it): the runner's work for a
 flooding kernel counts as that kernel's. On v2 the ``cpu`` controller (when delegated) is
@@ -271,12 +272,15 @@ class PodCgroups:
             (folder / "cpu.shares").write_text(str(max(2, min(262144, shares))))
 
     def _size_cpu_parent(self, root: Path, shares: int) -> None:
-        """Give the ``kcr`` parent the weight of all the pods in it (one ``shares`` each),
-        so that together they weigh what their processes would without the groups; only
-        the split among them changes (one kernel, one share). Best effort."""
+        """Give the ``kcr`` parent one ``shares`` per live pod in it (the one being made
+        included), at most one per CPU: pods as a whole weigh what that many busy
+        processes would, so however many kernels are busy the gateway (outside the
+        group) keeps its share of the CPU and stays responsive. Empty groups (left by a
+        killed gateway, or of pods not started yet) do not count. Best effort."""
         try:
-            pods = sum(1 for entry in root.iterdir() if entry.is_dir())
-            self._write_cpu(root, shares * max(1, pods))
+            live = sum(1 for entry in root.iterdir() if entry.is_dir() and _has_processes(entry))
+            pods = min(live + 1, os.cpu_count() or 1)
+            self._write_cpu(root, shares * pods)
         except OSError as e:
             log.debug("cannot size the cpu cgroup %s: %s", root, e)
 
@@ -305,3 +309,10 @@ class PodCgroups:
         runner = (cpu / name,) if cpu and self.version == 1 and (cpu / name).is_dir() else ()
         memory = self.roots.get("memory")
         return PodCgroup(folders, memory / name if memory is not None else None, runner)
+
+
+def _has_processes(folder: Path) -> bool:
+    try:
+        return bool((folder / "cgroup.procs").read_text().strip())
+    except OSError:
+        return False

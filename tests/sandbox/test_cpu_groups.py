@@ -43,9 +43,24 @@ def test_no_cpu_hierarchy_leaves_the_other_caps(tmp_path):
     assert cgroup.runner == () and len(cgroup.folders) == 2
 
 
-def test_the_parent_weighs_one_share_per_pod(tmp_path):
-    roots = {"cpu": tmp_path / "cpu" / "kcr"}
-    cgroups = PodCgroups(roots, version=1)
-    for name in ("a", "b", "c"):
+def _start(folder):
+    (folder / "cgroup.procs").write_text("4242\n")  # a process of the pod joined it
+
+
+def test_the_parent_weighs_one_share_per_live_pod_up_to_one_per_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    root = tmp_path / "cpu" / "kcr"
+    cgroups = PodCgroups({"cpu": root}, version=1)
+    cgroups.create("left-by-a-killed-gateway", cpu_weight=CPU_SHARES)  # stays empty
+    for name in ("a", "b"):
         cgroups.create(name, cpu_weight=CPU_SHARES)
-    assert (roots["cpu"] / "cpu.shares").read_text() == str(3 * CPU_SHARES)
+        _start(root / name)
+    cgroups.create("c", cpu_weight=CPU_SHARES)
+    assert (root / "cpu.shares").read_text() == str(3 * CPU_SHARES)  # a, b and the new c
+
+    # However many kernels are busy, pods together weigh at most one process per CPU,
+    # so the gateway outside the group keeps its share.
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    _start(root / "c")
+    cgroups.create("d", cpu_weight=CPU_SHARES)
+    assert (root / "cpu.shares").read_text() == str(2 * CPU_SHARES)
