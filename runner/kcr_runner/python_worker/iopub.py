@@ -24,7 +24,9 @@ the waits are interruptible, so ``KeyboardInterrupt`` ends a blocked cell.
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -143,5 +145,20 @@ class KCROutStream(OutStream):
         with self._kcr_lock:
             clean = self._kcr_flushed == self._kcr_writes
         if clean and self._is_master_process() and not self._kcr_on_io_thread():
-            return
+            if not self._kcr_fd_output_waiting():
+                return
         super().flush()
+
+    def _kcr_fd_output_waiting(self) -> bool:
+        """C-level output (a subprocess, a C library) still in ipykernel's fd pipe: wait, at
+        most 50 ms, until its watcher thread has read it; True if there was any, so that the
+        caller makes the full flush that publishes it before the cell's reply."""
+        fid = getattr(self, "_fid", None)
+        if not getattr(self, "_should_watch", False) or fid is None:
+            return False
+        waited = False
+        deadline = time.monotonic() + 0.05
+        while select.select([fid], [], [], 0)[0] and time.monotonic() < deadline:
+            waited = True
+            time.sleep(0.001)
+        return waited
