@@ -52,12 +52,19 @@ NAMED = 5
 Sig = tuple[int, int, int]
 
 
+#: how close to a sync's time a file's mtime counts as "racily clean" (hashed to compare)
+RACY_NS = 1_000_000_000
+
+
 @dataclass
 class _Base:
     """A file as of the last sync: its signature in F and the sha256 of the kernel's copy."""
 
     local: Sig | None
     sha: str | None
+    #: when this was recorded (ns): a file whose mtime is this recent may have been
+    #: written again within the filesystem's timestamp granularity, same size and inode
+    at: int = field(default_factory=time.time_ns)
 
 
 def conflict_name(path: str, stamp: str) -> str:
@@ -260,6 +267,12 @@ class KernelFolderSync:
                     downloads.append((path, path))
                 continue
             l_changed = lsig != b.local
+            if not l_changed and lsig is not None and lsig[1] >= b.at - RACY_NS:
+                # "racily clean" (as git calls it): the same signature says nothing about a
+                # write in the same timestamp tick, so compare the content itself.
+                l_changed = await asyncio.to_thread(self.folder.sha256, path) != b.sha
+                if not l_changed:
+                    base[path] = _Base(lsig, b.sha)
             r_changed = rsha != b.sha
             if lsig is not None and has_r:
                 if l_changed and r_changed:
