@@ -178,3 +178,22 @@ def kcr_spec(mode, jp_environ, monkeypatch, request):  # noqa: F811
     monkeypatch.delenv("KCR_GATEWAY_URL", raising=False)
     install_kernelspecs(user=True, gateway_url=gateway_url)
     return "kcr-python"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Re-run a provisioner test whose kernel lost its port to another process.
+
+    jupyter_client picks the kernel's five ports (free at that moment) and the bridge binds
+    them a moment later; under `hatch test`'s two xdist workers another process can take one
+    in between ("Address already in use", then jupyter_client's "Kernel died before replying
+    to kernel_info"). That race is jupyter_client's, with any kernel; only that failure is
+    re-run, any other fails at once.
+    """
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(
+                pytest.mark.flaky(
+                    reruns=2, only_rerun=["Address already in use", "Kernel died before replying"]
+                )
+            )
